@@ -1,0 +1,131 @@
+"""`saekit VERB ...`: one verb per stage. Each verb parses its stage's config dataclass and calls one function.
+
+    saekit cache [CONFIG] [--field value ...]   cache activations (saekit.data.cache_activations)
+    saekit info PATH [--verify]                 what a cache, an SAE or a report directory holds
+    saekit demo [--out DIR]                     the main job on the embedded default (make demo)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from saekit.config import add_config_args, load_config
+
+
+def _cmd_cache(args: argparse.Namespace) -> int:
+    from saekit.data import CacheConfig, cache_activations
+
+    overrides = {k: v for k, v in vars(args).items() if k not in ("verb", "config", "func")}
+    config = load_config(CacheConfig, args.config, overrides)
+    manifest = cache_activations(config)
+    print(f"cache {config.out}: {manifest['n_tokens']:,} tokens, {manifest['n_shards']} shards, "
+          f"hooks {manifest['hooks']}")
+    return 0
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024:
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PB"
+
+
+def describe_path(path: Path, verify: bool = False) -> list[str]:
+    """Human-readable lines about a saekit directory: an activation cache, an SAE, or a run/report dir."""
+    lines: list[str] = []
+    if (path / "manifest.json").exists():
+        from saekit.data.shards import completed_shards, read_manifest, verify_cache
+
+        manifest = verify_cache(path, checksums=True) if verify else read_manifest(path)
+        size = sum(p.stat().st_size for p in (path / "shards").glob("*.safetensors"))
+        model = manifest.get("model", {})
+        lines += [
+            f"activation cache: {path}",
+            f"  model:      {model.get('name', model)} (init {model.get('init', '?')}, seed {model.get('seed', '?')})",
+            f"  dataset:    {manifest['dataset'].get('source')} (fingerprint {manifest['dataset'].get('fingerprint')})",
+            f"  hooks:      " + ", ".join(f"{h} (d_in {d})" for h, d in manifest["hooks"].items()),
+            f"  dtype:      {manifest['dtype']}, ctx_len {manifest['ctx_len']}, prepend_bos {manifest['prepend_bos']}",
+        ]
+        if manifest.get("complete"):
+            lines.append(f"  tokens:     {manifest['n_tokens']:,} in {manifest['n_contexts']:,} contexts, "
+                         f"{manifest['n_shards']} shards, {_human_bytes(size)}")
+        else:
+            done = len(completed_shards(path))
+            planned = -(-manifest["n_contexts_requested"] // manifest["contexts_per_shard"])
+            lines.append(f"  INCOMPLETE: {done} of {planned} shards written; rerun the same command to resume")
+        if verify:
+            lines.append("  verified:   every shard's size, header and sha256 checksum match")
+        return lines
+    if (path / "cfg.json").exists():
+        cfg = json.loads((path / "cfg.json").read_text())
+        keys = ("architecture", "d_in", "d_sae", "k", "hook_name", "model_name", "dtype")
+        lines.append(f"SAE: {path}")
+        lines += [f"  {k}: {cfg[k]}" for k in keys if k in cfg]
+        for name in ("metrics.json", "eval.json"):
+            if (path / name).exists():
+                lines.append(f"  {name}: " + json.dumps(json.loads((path / name).read_text()))[:400])
+        return lines
+    children = sorted(p for p in path.iterdir() if p.is_dir()) if path.is_dir() else []
+    found = [c for c in children if (c / "manifest.json").exists() or (c / "cfg.json").exists()]
+    if found or any(path.glob("*.json*")) or any(path.glob("*.html")):
+        lines.append(f"run directory: {path}")
+        for child in found:
+            lines += ["  " + line for line in describe_path(child)]
+        for file in sorted(list(path.glob("*.json")) + list(path.glob("*.jsonl")) + list(path.glob("*.html"))):
+            lines.append(f"  {file.name} ({_human_bytes(file.stat().st_size)})")
+        return lines
+    raise FileNotFoundError(f"{path}: not a saekit cache (manifest.json), SAE (cfg.json) or run directory")
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    print("\n".join(describe_path(Path(args.path), verify=args.verify)))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from saekit.demo import run_demo
+
+    run_demo(Path(args.out), n_tokens=args.n_tokens)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from saekit.data import CacheConfig
+
+    parser = argparse.ArgumentParser(prog="saekit", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    cache = verbs.add_parser("cache", help="cache hook-point activations of a model over a dataset")
+    cache.add_argument("config", nargs="?", help="a TOML/YAML config file (fields of CacheConfig)")
+    add_config_args(cache, CacheConfig)
+    cache.set_defaults(func=_cmd_cache)
+
+    info = verbs.add_parser("info", help="print what a cache, SAE or run directory holds")
+    info.add_argument("path")
+    info.add_argument("--verify", action="store_true", help="re-hash every shard of a cache (reads it all)")
+    info.set_defaults(func=_cmd_info)
+
+    demo = verbs.add_parser("demo", help="the main job on the embedded default (what `make demo` runs)")
+    demo.add_argument("--out", default="runs/demo")
+    demo.add_argument("--n-tokens", type=int, default=200_000)
+    demo.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        print(f"saekit {args.verb}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""ActivationStore: every token once per epoch, seed-determined order, exact resume, bounded reads."""
+
+import pytest
+import torch
+
+from conftest import context_blocks, random_contexts
+from saekit.data import ActivationStore, OnlineActivationStore, write_cache
+
+HOOK = "blocks.0.hook_resid_post"
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory, tiny_model):
+    out = tmp_path_factory.mktemp("store") / "cache"
+    tokens, docs = random_contexts(90)
+    write_cache(tiny_model, context_blocks(tokens, docs), out, [HOOK], n_contexts=90, contexts_per_shard=16,
+                batch_size=16, progress=False)
+    _, ref = tiny_model.run_with_cache(torch.from_numpy(tokens).long(), names_filter=[HOOK])
+    return out, ref[HOOK]  # ref: [90, 32, 64]
+
+
+def multiset(rows):
+    """Rows as a sorted list of tuples (equal activation rows can repeat: same token at position 1)."""
+    return sorted(map(tuple, rows.tolist()))
+
+
+def test_every_token_exactly_once_per_epoch(cache):
+    out, ref = cache
+    store = ActivationStore(out, HOOK, batch_size=100, seed=3, buffer_shards=2)
+    batches = list(store)
+    assert multiset(torch.cat(batches)) == multiset(ref[:, 1:].reshape(-1, 64))  # BOS positions dropped
+    assert store.n_tokens == 90 * 31 and len(batches) == store.batches_per_epoch == 28
+    assert all(len(b) == 100 for b in batches[:-1]) and len(batches[-1]) == 90 * 31 - 27 * 100
+    assert store.epoch == 1
+
+
+def test_order_depends_on_seed_and_only_on_seed(cache):
+    out, _ = cache
+    a = torch.cat(list(ActivationStore(out, HOOK, batch_size=64, seed=1)))
+    b = torch.cat(list(ActivationStore(out, HOOK, batch_size=64, seed=1, prefetch=False)))
+    c = torch.cat(list(ActivationStore(out, HOOK, batch_size=64, seed=2)))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    assert torch.equal(a.sum(0), a.sum(0)) and torch.allclose(a.sum(0), c.sum(0), atol=1e-3)
+
+
+def test_epochs_are_reshuffled(cache):
+    out, _ = cache
+    store = ActivationStore(out, HOOK, batch_size=64, seed=1)
+    first, second = torch.cat(list(store)), torch.cat(list(store))
+    assert not torch.equal(first, second)
+    assert torch.allclose(first.sum(0), second.sum(0), atol=1e-3)
+
+
+def test_resume_from_state_dict_continues_exactly(cache):
+    out, _ = cache
+    reference = list(ActivationStore(out, HOOK, batch_size=50, seed=5, buffer_shards=2).iter_batches(2))
+    store = ActivationStore(out, HOOK, batch_size=50, seed=5, buffer_shards=2)
+    stream = store.iter_batches(2)
+    head = [next(stream) for _ in range(70)]  # into the second epoch
+    state = store.state_dict()
+    resumed_store = ActivationStore(out, HOOK, batch_size=50, seed=5, buffer_shards=2)
+    resumed_store.load_state_dict(state)
+    tail = list(resumed_store.iter_batches(2 - state["epoch"]))
+    assert len(head) + len(tail) == len(reference)
+    for got, want in zip(head + tail, reference):
+        assert torch.equal(got, want)
+
+
+def test_reads_are_bounded_to_the_buffer(cache, monkeypatch):
+    out, _ = cache
+    store = ActivationStore(out, HOOK, batch_size=64, seed=0, buffer_shards=2, prefetch=False)
+    sizes = []
+    original = store._load
+    monkeypatch.setattr(store, "_load", lambda spans: sizes.append(len(spans)) or original(spans))
+    list(store)
+    assert max(sizes) <= 2 and sum(sizes) >= 6
+
+
+def test_keep_bos_unshuffled_and_context_range(cache):
+    out, ref = cache
+    store = ActivationStore(out, HOOK, batch_size=32, shuffle=False, drop_bos=False, context_range=(20, 40))
+    got = torch.cat(list(store))
+    assert torch.equal(got, ref[20:40].reshape(-1, 64))
+
+
+def test_drop_last_and_dtype_and_state_guard(cache):
+    out, _ = cache
+    store = ActivationStore(out, HOOK, batch_size=1000, drop_last=True, dtype=torch.float16)
+    batches = list(store)
+    assert len(batches) == 2 and all(b.shape == (1000, 64) and b.dtype == torch.float16 for b in batches)
+    with pytest.raises(ValueError, match="seed"):
+        ActivationStore(out, HOOK, batch_size=1000, seed=9).load_state_dict(store.state_dict())
+
+
+def test_online_store_yields_every_activation_once(tiny_model):
+    tokens, _ = random_contexts(40)
+    store = OnlineActivationStore(tiny_model, iter(tokens), HOOK, batch_size=64, buffer_tokens=512,
+                                  batch_contexts=4, seed=0)
+    got = torch.cat(list(store))
+    _, ref = tiny_model.run_with_cache(torch.from_numpy(tokens).long(), names_filter=[HOOK])
+    expected = ref[HOOK][:, 1:].reshape(-1, 64)
+    assert got.shape == expected.shape
+    assert torch.allclose(got.sum(0), expected.sum(0), atol=1e-3)
+    assert not torch.equal(got, expected)  # shuffled
