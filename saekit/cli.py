@@ -11,7 +11,6 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 from saekit.config import add_config_args, load_config
 
@@ -46,7 +45,7 @@ def describe_path(path: Path, verify: bool = False) -> list[str]:
         model = manifest.get("model", {})
         lines += [
             f"activation cache: {path}",
-            f"  model:      {model.get('name', model)} (init {model.get('init', '?')}, seed {model.get('seed', '?')})",
+            f"  model:      {model.get('model_name') or model.get('source')} ({model.get('source_kind', '?')}, init {model.get('init', '?')}, seed {model.get('seed', '?')})",
             f"  dataset:    {manifest['dataset'].get('source')} (fingerprint {manifest['dataset'].get('fingerprint')})",
             f"  hooks:      " + ", ".join(f"{h} (d_in {d})" for h, d in manifest["hooks"].items()),
             f"  dtype:      {manifest['dtype']}, ctx_len {manifest['ctx_len']}, prepend_bos {manifest['prepend_bos']}",

@@ -166,13 +166,16 @@ def write_cache(
         "dataset": dataset_info or {}, **(extra or {}),
         "complete": False, "n_contexts": None, "n_tokens": None, "n_shards": None,
     }
-    existing = _check_resume(out, manifest)
-    if existing is not None and existing.get("complete"):
-        return existing
-    (out / "shards").mkdir(parents=True, exist_ok=True)
+    # Rank 0 checks and creates the cache first; the other ranks check it once it exists.
+    existing = _check_resume(out, manifest) if rank == 0 else None
     if rank == 0 and existing is None:
+        (out / "shards").mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / MANIFEST, manifest)
     _barrier(world)
+    if rank != 0:
+        existing = _check_resume(out, manifest)
+    if existing is not None and existing.get("complete"):
+        return existing
 
     done = completed_shards(out)
     mine = [i for i in range(n_shards_planned) if i % world == rank and i not in done]
