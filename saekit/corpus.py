@@ -20,6 +20,7 @@ It is deterministic: the same source, tokenizer and settings give the same conte
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import json
 import os
@@ -37,6 +38,11 @@ _SKIP_DIRS = {"test", "tests", "idlelib", "site-packages", "dist-packages", "lib
 
 def stdlib_docstrings(min_chars: int = 40) -> list[str]:
     """Docstrings of the Python standard library's modules, classes and functions (sorted walk)."""
+    return list(_stdlib_docstrings(min_chars))
+
+
+@functools.lru_cache(maxsize=2)
+def _stdlib_docstrings(min_chars: int) -> tuple[str, ...]:
     root = Path(sysconfig.get_paths()["stdlib"])
     docs: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root):
@@ -53,7 +59,7 @@ def stdlib_docstrings(min_chars: int = 40) -> list[str]:
                     text = ast.get_docstring(node)
                     if text and len(text) >= min_chars:
                         docs.append(text)
-    return docs
+    return tuple(docs)
 
 
 def _texts_from_records(records: Iterable[dict], text_field: str, where: str) -> Iterator[str]:
