@@ -159,3 +159,16 @@ def test_incomplete_cache_is_refused_by_the_store(tiny_model, tmp_path):
     (tmp_path / "c" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(CacheError, match="incomplete"):
         ActivationStore(tmp_path / "c", HOOKS[0], batch_size=8)
+
+
+def test_array_cache_round_trips_through_the_store(tmp_path):
+    from saekit.data import write_array_cache
+
+    acts = torch.randn(10, 8, 5)
+    manifest = write_array_cache(tmp_path / "c", {"synthetic": acts}, contexts_per_shard=4)
+    assert manifest["n_shards"] == 3 and manifest["hooks"] == {"synthetic": 5}
+    verify_cache(tmp_path / "c", checksums=True)
+    got = torch.cat(list(ActivationStore(tmp_path / "c", "synthetic", batch_size=7, shuffle=False)))
+    assert torch.equal(got, acts.reshape(-1, 5))
+    with pytest.raises(CacheError, match="already exists"):
+        write_array_cache(tmp_path / "c", {"synthetic": acts})

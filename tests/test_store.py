@@ -103,3 +103,28 @@ def test_online_store_yields_every_activation_once(tiny_model):
     assert got.shape == expected.shape
     assert torch.allclose(got.sum(0), expected.sum(0), atol=1e-3)
     assert not torch.equal(got, expected)  # shuffled
+
+
+def test_several_hooks_give_row_aligned_batches(tiny_model, tmp_path):
+    from conftest import context_blocks
+    hooks = ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
+    tokens, docs = random_contexts(40)
+    write_cache(tiny_model, context_blocks(tokens, docs), tmp_path / "c", hooks, n_contexts=40,
+                contexts_per_shard=16, progress=False)
+    _, ref = tiny_model.run_with_cache(torch.from_numpy(tokens).long(), names_filter=hooks)
+    store = ActivationStore(tmp_path / "c", hooks, batch_size=100, seed=4)
+    both = list(store)
+    assert all(set(b) == set(hooks) for b in both)
+    pairs = torch.cat([torch.cat([b[hooks[0]], b[hooks[1]]], dim=1) for b in both])
+    expected = torch.cat([ref[hooks[0]][:, 1:], ref[hooks[1]][:, 1:]], dim=-1).reshape(-1, 128)
+    assert multiset(pairs) == multiset(expected)
+    single = torch.cat(list(ActivationStore(tmp_path / "c", hooks[1], batch_size=100, seed=4)))
+    assert torch.equal(single, torch.cat([b[hooks[1]] for b in both]))
+
+
+def test_describe_rows_names_shard_and_tokens(cache):
+    out, _ = cache
+    store = ActivationStore(out, HOOK, batch_size=64, shuffle=False, drop_bos=False)
+    next(iter(store))
+    text = store.describe_rows([3, 5])
+    assert "shard_00000.safetensors rows 3..5" in text and "dataset tokens 3..5" in text

@@ -191,18 +191,8 @@ def write_cache(
     def flush(index: int, rows: list[PackedContexts]) -> None:
         tokens = np.concatenate([r.tokens for r in rows])
         docs = np.concatenate([r.doc_index for r in rows])
-        first_context = index * contexts_per_shard
         acts = _run_shard(model, tokens, hooks, dims, torch_dtype, batch_size, stop, device, bar)
-        tensors = {"tokens": torch.from_numpy(tokens), "doc_index": torch.from_numpy(docs),
-                   "context_index": torch.arange(first_context, first_context + len(tokens), dtype=torch.int64)}
-        tensors.update({f"acts/{h}": a for h, a in acts.items()})
-        path = shard_path(out, index)
-        # One metadata key: safetensors writes a map of several keys in no fixed order, and resumed
-        # shards must be byte-identical to uninterrupted ones.
-        n_bytes = save_shard(path, tensors, {"format": f"{FORMAT}/{FORMAT_VERSION}"})
-        write_json_atomic(done_path(out, index), {
-            "shard": index, "n_contexts": len(tokens), "first_context": first_context,
-            "n_bytes": n_bytes, "sha256": file_sha256(path)})
+        _save_shard_and_record(out, index, index * contexts_per_shard, tokens, docs, acts)
 
     def blocks_all() -> Iterator[PackedContexts]:
         yield first
@@ -241,6 +231,55 @@ def write_cache(
         write_json_atomic(out / MANIFEST, manifest)
     _barrier(world)
     return read_manifest(out)
+
+
+def _save_shard_and_record(out: Path, index: int, first_context: int, tokens: np.ndarray, docs: np.ndarray,
+                           acts: dict[str, torch.Tensor]) -> None:
+    """Write shard `index` (atomically), then its done-record with size and sha256."""
+    tensors = {"tokens": torch.from_numpy(tokens), "doc_index": torch.from_numpy(docs),
+               "context_index": torch.arange(first_context, first_context + len(tokens), dtype=torch.int64)}
+    tensors.update({f"acts/{h}": a for h, a in acts.items()})
+    path = shard_path(out, index)
+    # One metadata key: safetensors writes a map of several keys in no fixed order, and resumed
+    # shards must be byte-identical to uninterrupted ones.
+    n_bytes = save_shard(path, tensors, {"format": f"{FORMAT}/{FORMAT_VERSION}"})
+    write_json_atomic(done_path(out, index), {
+        "shard": index, "n_contexts": len(tokens), "first_context": first_context,
+        "n_bytes": n_bytes, "sha256": file_sha256(path)})
+
+
+def write_array_cache(out: str | Path, acts: dict[str, torch.Tensor], contexts_per_shard: int = 64,
+                      dtype: str = "float32", tokens: np.ndarray | None = None, prepend_bos: bool = False,
+                      info: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A cache from activations already in memory (synthetic data, other tools' activations).
+
+    acts: {hook: [n_contexts, ctx_len, d_in]} (all hooks the same n_contexts and ctx_len).
+    tokens: [n_contexts, ctx_len] ids (zeros when None). Refuses to overwrite an existing cache.
+    """
+    out = Path(out)
+    if (out / MANIFEST).exists():
+        raise CacheError(f"{out / MANIFEST}: a cache already exists here; nothing was changed")
+    shapes = {h: tuple(a.shape) for h, a in acts.items()}
+    if not acts or len({s[:2] for s in shapes.values()}) != 1 or any(len(s) != 3 for s in shapes.values()):
+        raise CacheError(f"acts must be {{hook: [n_contexts, ctx_len, d_in]}} with one n_contexts and ctx_len; "
+                         f"got shapes {shapes}")
+    n_contexts, ctx_len = next(iter(shapes.values()))[:2]
+    tokens = np.zeros((n_contexts, ctx_len), dtype=np.int32) if tokens is None else tokens.astype(np.int32)
+    (out / "shards").mkdir(parents=True, exist_ok=True)
+    n_shards = -(-n_contexts // contexts_per_shard)
+    for index in range(n_shards):
+        lo, hi = index * contexts_per_shard, min(n_contexts, (index + 1) * contexts_per_shard)
+        shard_acts = {h: a[lo:hi].reshape(-1, a.shape[-1]).to(DTYPES[dtype]).contiguous() for h, a in acts.items()}
+        _save_shard_and_record(out, index, lo, tokens[lo:hi], np.full((hi - lo, ctx_len), -1, np.int32), shard_acts)
+    manifest = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "saekit_version": saekit.__version__,
+        "model": info or {"source": "arrays"}, "hooks": {h: s[2] for h, s in shapes.items()}, "dtype": dtype,
+        "ctx_len": ctx_len, "prepend_bos": prepend_bos, "contexts_per_shard": contexts_per_shard,
+        "n_contexts_requested": n_contexts, "dataset": {"source": "arrays"}, "complete": True,
+        "n_contexts": n_contexts, "n_tokens": n_contexts * ctx_len, "n_shards": n_shards,
+    }
+    write_json_atomic(out / MANIFEST, manifest)
+    return manifest
 
 
 def _run_shard(model: Any, tokens: np.ndarray, hooks: list[str], dims: dict[str, int],

@@ -28,15 +28,17 @@ from saekit.data.shards import CacheError, check_hooks, open_shard, read_manifes
 
 
 class ActivationStore:
-    """Shuffled batches of one hook point's activations from a cache directory.
+    """Shuffled batches of one hook point's activations (or several hooks', row-aligned) from a cache.
 
-    Yields float tensors [batch_size, d_in] (contiguous, on `device`, in `dtype`).
+    With `hook` a string, yields float tensors [batch_size, d_in] (contiguous, on `device`, in
+    `dtype`); with a list of hooks, yields {hook: [batch_size, d_in_hook]} whose rows are the same
+    tokens, so SAEs on several hook points of one cache train from one read of each batch.
     """
 
     def __init__(
         self,
         cache_dir: str | Path,
-        hook: str,
+        hook: str | list[str],
         batch_size: int,
         seed: int = 0,
         device: str | torch.device = "cpu",
@@ -54,12 +56,19 @@ class ActivationStore:
         if not self.manifest.get("complete"):
             raise CacheError(f"{self.cache_dir / 'manifest.json'}: the cache is incomplete; run the same "
                              f"`saekit cache` command again to finish it")
-        check_hooks(self.manifest, {hook: expected_d_in if expected_d_in is not None
-                                    else self.manifest["hooks"].get(hook, -1)}, self.cache_dir)
+        self.hooks: list[str] = [hook] if isinstance(hook, str) else list(hook)
+        self._single = isinstance(hook, str)
+        if not self.hooks:
+            raise ValueError("ActivationStore needs at least one hook")
+        for name in self.hooks:
+            check_hooks(self.manifest, {name: expected_d_in if expected_d_in is not None
+                                        else self.manifest["hooks"].get(name, -1)}, self.cache_dir)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.hook = hook
-        self.d_in: int = self.manifest["hooks"][hook]
+        self.hook = self.hooks[0]
+        self.d_in: int = self.manifest["hooks"][self.hook]
+        self.d_ins: dict[str, int] = {name: self.manifest["hooks"][name] for name in self.hooks}
+        self.last_rows: np.ndarray | None = None
         self.batch_size = batch_size
         self.seed = seed
         self.device = torch.device(device)
@@ -129,22 +138,25 @@ class ActivationStore:
             yield span_ids, batches
 
     # ---- reading --------------------------------------------------------------------------------
-    def _load(self, span_ids: list[int]) -> dict[int, torch.Tensor]:
-        """{span id: the shard's [rows, d_in] activations read into memory as `dtype`}."""
+    def _load(self, span_ids: list[int]) -> dict[int, dict[str, torch.Tensor]]:
+        """{span id: {hook: the shard's [rows, d_in] activations read into memory as `dtype`}}."""
         loaded = {}
         for s in span_ids:
-            acts = open_shard(shard_path(self.cache_dir, self._spans[s][0]), self.manifest).acts(self.hook)
-            loaded[s] = acts.to(self.dtype) if acts.dtype != self.dtype else acts.clone()
+            shard = open_shard(shard_path(self.cache_dir, self._spans[s][0]), self.manifest)
+            loaded[s] = {}
+            for name in self.hooks:
+                acts = shard.acts(name)
+                loaded[s][name] = acts.to(self.dtype) if acts.dtype != self.dtype else acts.clone()
         return loaded
 
-    def _batches(self, epoch: int, skip: int) -> Iterator[torch.Tensor]:
+    def _batches(self, epoch: int, skip: int) -> Iterator[Any]:
         """The epoch's batches after the first `skip`; buffers wholly skipped are never read.
 
         Memory: the current buffer's shards, the shards that rows carried over from earlier buffers
         came from, and (with prefetch) the next buffer being read by a background thread.
         """
         pinned = self.device.type == "cuda"
-        loaded: dict[int, torch.Tensor] = {}
+        loaded: dict[int, dict[str, torch.Tensor]] = {}
         prefetched: dict[str, Any] = {}
         plan = self._plan(epoch)
         upcoming = next(plan, None)
@@ -172,17 +184,44 @@ class ActivationStore:
             for rows in batches[first:]:
                 yield self._gather(loaded, rows, pinned)
 
-    def _gather(self, loaded: dict[int, torch.Tensor], rows: np.ndarray, pinned: bool) -> torch.Tensor:
+    def _gather(self, loaded: dict[int, dict[str, torch.Tensor]], rows: np.ndarray,
+                pinned: bool) -> torch.Tensor | dict[str, torch.Tensor]:
+        self.last_rows = rows
         span_of = rows >> 32
         local = torch.from_numpy(rows & 0xFFFFFFFF)
-        out = torch.empty(len(rows), self.d_in, dtype=self.dtype, pin_memory=pinned)
-        for s in np.unique(span_of):
-            mask = torch.from_numpy(span_of == s)
-            out[mask] = loaded[int(s)].index_select(0, local[mask])
-        return out.to(self.device, non_blocking=True) if self.device.type != "cpu" else out
+        spans = np.unique(span_of)
+        masks = {int(s): torch.from_numpy(span_of == s) for s in spans}
+        batch = {}
+        for name in self.hooks:
+            if len(spans) == 1:
+                out = loaded[int(spans[0])][name].index_select(0, local)
+                out = out.pin_memory() if pinned else out
+            else:
+                out = torch.empty(len(rows), self.d_ins[name], dtype=self.dtype, pin_memory=pinned)
+                for s, mask in masks.items():
+                    out[mask] = loaded[s][name].index_select(0, local[mask])
+            batch[name] = out.to(self.device, non_blocking=True) if self.device.type != "cpu" else out
+        return batch[self.hook] if self._single else batch
+
+    def describe_rows(self, batch_rows: np.ndarray | torch.Tensor) -> str:
+        """Where rows of the last batch come from: shard files and token ranges (for error messages).
+
+        batch_rows: indices into the last yielded batch (e.g. rows holding NaN).
+        """
+        if self.last_rows is None:
+            return "no batch yielded yet"
+        keys = self.last_rows[np.asarray(batch_rows, dtype=np.int64)]
+        parts = []
+        for s in np.unique(keys >> 32):
+            index, c0, _ = self._spans[int(s)]
+            local = np.sort(keys[(keys >> 32) == s] & 0xFFFFFFFF)
+            first_token = index * self.manifest["contexts_per_shard"] * self.ctx_len
+            parts.append(f"{shard_path(self.cache_dir, index)} rows {local[0]}..{local[-1]} "
+                         f"(dataset tokens {first_token + local[0]}..{first_token + local[-1]})")
+        return "; ".join(parts)
 
     # ---- iteration and position -------------------------------------------------------------------
-    def __iter__(self) -> Iterator[torch.Tensor]:
+    def __iter__(self) -> Iterator[Any]:
         """Batches from the current position to the end of the current epoch (then the epoch advances)."""
         for batch in self._batches(self.epoch, self.batch_in_epoch):
             self.batch_in_epoch += 1
@@ -190,7 +229,7 @@ class ActivationStore:
         self.epoch += 1
         self.batch_in_epoch = 0
 
-    def iter_batches(self, n_epochs: int | None = None) -> Iterator[torch.Tensor]:
+    def iter_batches(self, n_epochs: int | None = None) -> Iterator[Any]:
         """Batches over `n_epochs` more epochs (forever when None), from the current position."""
         done = 0
         while n_epochs is None or done < n_epochs:
@@ -248,7 +287,7 @@ class OnlineActivationStore:
             acts = acts[:, 1:]
         return acts.reshape(-1, acts.shape[-1]).to("cpu", self.dtype)
 
-    def __iter__(self) -> Iterator[torch.Tensor]:
+    def __iter__(self) -> Iterator[Any]:
         buffer = torch.zeros(0)
         exhausted = False
         while True:
