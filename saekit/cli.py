@@ -1,6 +1,7 @@
 """`saekit VERB ...`: one verb per stage. Each verb parses its stage's config dataclass and calls one function.
 
     saekit cache [CONFIG] [--field value ...]   cache activations (saekit.data.cache_activations)
+    saekit train [CONFIG] [--field value ...]   train a grid of SAEs on a cache (saekit.train.train)
     saekit info PATH [--verify]                 what a cache, an SAE or a report directory holds
     saekit demo [--out DIR]                     the main job on the embedded default (make demo)
 """
@@ -23,6 +24,20 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     manifest = cache_activations(config)
     print(f"cache {config.out}: {manifest['n_tokens']:,} tokens, {manifest['n_shards']} shards, "
           f"hooks {manifest['hooks']}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from saekit.train import TrainConfig, train
+
+    overrides = {k: v for k, v in vars(args).items() if k not in ("verb", "config", "func")}
+    config = load_config(TrainConfig, args.config, overrides)
+    folders = train(config)
+    if int(__import__("os").environ.get("RANK", 0)) == 0:
+        for folder in folders:
+            metrics = json.loads((folder / "metrics.json").read_text())
+            print(f"{folder}: fvu {metrics.get('fvu', float('nan')):.4f}, l0 {metrics.get('l0', float('nan')):.1f}, "
+                  f"dead {metrics['dead_fraction']:.3f}")
     return 0
 
 
@@ -95,6 +110,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from saekit.data import CacheConfig
+    from saekit.train import TrainConfig
 
     parser = argparse.ArgumentParser(prog="saekit", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -104,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("config", nargs="?", help="a TOML/YAML config file (fields of CacheConfig)")
     add_config_args(cache, CacheConfig)
     cache.set_defaults(func=_cmd_cache)
+
+    train = verbs.add_parser("train", help="train SAEs (a grid of seeds, sizes, k, hooks) on a cache")
+    train.add_argument("config", nargs="?", help="a TOML/YAML config file (fields of TrainConfig)")
+    add_config_args(train, TrainConfig)
+    train.set_defaults(func=_cmd_train)
 
     info = verbs.add_parser("info", help="print what a cache, SAE or run directory holds")
     info.add_argument("path")

@@ -61,9 +61,11 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type) -> None:
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         scalar, is_list = _base_type(hints[f.name])
-        if scalar is bool:
+        if typing.get_origin(scalar) is dict or scalar is dict:
+            scalar = json.loads  # e.g. --sae '{"l1_coef": 5.0}'
+        elif scalar is bool:
             scalar = _parse_bool
-        elif scalar not in (int, float, str):
+        elif scalar not in (int, float, str, json.loads):
             scalar = str
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)

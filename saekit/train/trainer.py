@@ -1,0 +1,308 @@
+"""Train a grid of SAEs on one activation cache in a single pass over the data.
+
+`train(config)` is the whole run, as a list of named steps:
+
+1. `_setup`: read the cache's manifest, build the grid of SAE configs (errors before any training),
+   open one `ActivationStore` over all the hooks the grid needs;
+2. `_initialise` (fresh run): estimate each hook's input scale (E||x|| = sqrt(d_in)) and b_dec from
+   a sample, build the SAEs; or `_restore` (a checkpoint exists): everything as it was saved;
+3. the loop: per global batch, each SAE takes its hook's rows (this rank's slice under torchrun),
+   forward, backward; gradients averaged over ranks; decoder gradients projected and rows
+   renormalised where the architecture has a unit-norm decoder; one Adam step for all SAEs;
+   tokens-since-fired updated (dead latents feed AuxK); logs and checkpoints on schedule;
+4. `_finish`: a final checkpoint, then each SAE saved in SAELens's layout with its input scale folded
+   in, plus metrics.json.
+
+Every SAE sees the same batches in the same order; the seed of an SAE only sets its initialisation.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from saekit.config import config_to_dict
+from saekit.data import ActivationStore, CacheError, read_manifest
+from saekit.data.cache import resolve_device
+from saekit.data.shards import write_json_atomic
+from saekit.sae import SAE, SAEConfig, build_sae, fired_mask, init_b_dec, save_sae
+from saekit.sae.weights import estimate_activation_scale, normalize_decoder_, remove_parallel_decoder_grad_
+from saekit.train import dist
+from saekit.train.checkpoint import (load_latest_checkpoint, optimizer_from_flat, optimizer_to_flat,
+                                     restore_rng, rng_tensors, save_checkpoint)
+from saekit.train.config import TrainConfig, default_lr, sae_grid, sae_name
+from saekit.train.logging import RunLogger
+
+# Fields that may change between a run and its resumption (they do not change the result).
+_RESUMABLE_CHANGES = {"device", "log_every", "checkpoint_every", "keep_checkpoints", "wandb_project",
+                      "tensorboard", "compile", "n_tokens"}
+_UNIT_NORM_DECODER = ("topk", "batchtopk")
+_METRICS = ("loss", "mse", "fvu", "l0", "l1", "aux_k")
+
+
+@dataclass
+class Member:
+    """One SAE being trained, with its bookkeeping."""
+
+    sae: SAE
+    name: str
+    tokens_since_fired: torch.Tensor  # [d_sae] int64
+    sums: dict[str, torch.Tensor]  # running sums of the loss terms since the last log line
+    forward: Any = None
+
+
+def train(config: TrainConfig, progress: bool = True) -> list[Path]:
+    """Run (or resume) the training run described by `config`; returns the saved SAE folders."""
+    device = resolve_device(config.device)
+    rank, world, device = dist.init_distributed(device)
+    if config.batch_size % world:
+        raise ValueError(f"TrainConfig.batch_size {config.batch_size} must be divisible by the {world} ranks")
+    out = Path(config.out)
+    store, configs = _setup(config, out, rank)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    checkpoint = load_latest_checkpoint(out)
+    members, scales = _initialise(config, configs, device) if checkpoint is None else \
+        _rebuild(config, configs, device, checkpoint[1])
+    params = [p for m in members for p in m.sae.parameters()]
+    optimizer = torch.optim.Adam(
+        [{"params": list(m.sae.parameters()), "lr": config.lr or default_lr(m.sae.cfg.d_sae)} for m in members],
+        betas=tuple(config.betas), eps=1e-8)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, config))
+    step, tokens = 0, 0
+    if checkpoint is not None:
+        step, tokens = _restore(checkpoint, members, optimizer, scheduler, store, device)
+    for m in members:
+        m.forward = torch.compile(m.sae) if config.compile else m.sae
+    logger = RunLogger(out, [m.name for m in members], step, config, enabled=rank == 0)
+
+    use_autocast = config.autocast and device.type == "cuda"
+    bar = tqdm(total=config.n_steps * config.batch_size, initial=tokens, unit="tok", unit_scale=True,
+               desc="train", disable=not progress or rank != 0)
+    window_start, window_tokens = time.perf_counter(), 0
+    next_checkpoint = _next_multiple(tokens, config.checkpoint_every)
+    batches = store.iter_batches()
+    while step < config.n_steps:
+        batch = next(batches)
+        if not _all_finite(batch, store, config):
+            continue
+        rows = dist.local_slice(config.batch_size, rank, world)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast):
+            for m in members:
+                _member_step(m, batch[m.sae.cfg.hook_name][rows], scales[m.sae.cfg.hook_name], step, config,
+                             device, world)
+        dist.average_gradients(params)
+        for m in members:
+            if m.sae.cfg.architecture in _UNIT_NORM_DECODER:
+                remove_parallel_decoder_grad_(m.sae)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        for m in members:
+            if m.sae.cfg.architecture in _UNIT_NORM_DECODER:
+                normalize_decoder_(m.sae)
+            if hasattr(m.sae, "update_threshold"):
+                dist.average_buffer_(m.sae.threshold)
+        step += 1
+        tokens += config.batch_size
+        window_tokens += config.batch_size
+        bar.update(config.batch_size)
+        if step % config.log_every == 0 or step == config.n_steps:
+            seconds = time.perf_counter() - window_start
+            logger.log(step, tokens, optimizer, members, config, window_tokens / max(seconds, 1e-9))
+            bar.set_postfix(fvu=f"{logger.last[members[0].name]['fvu']:.3f}",
+                            l0=f"{logger.last[members[0].name]['l0']:.1f}")
+            window_start, window_tokens = time.perf_counter(), 0
+        if config.checkpoint_every and tokens >= next_checkpoint and step < config.n_steps:
+            _checkpoint(out, step, tokens, members, optimizer, scheduler, store, scales, config, rank)
+            next_checkpoint = _next_multiple(tokens, config.checkpoint_every)
+    bar.close()
+    return _finish(out, step, tokens, members, optimizer, scheduler, store, scales, config, rank, logger)
+
+
+def _setup(config: TrainConfig, out: Path, rank: int) -> tuple[ActivationStore, list[SAEConfig]]:
+    """Check the config against the cache and any earlier run in `out`; the store and the SAE grid."""
+    manifest = read_manifest(config.cache)
+    hooks = config.hooks or list(manifest["hooks"])
+    missing = [h for h in hooks if h not in manifest["hooks"]]
+    if missing:
+        raise CacheError(f"{Path(config.cache) / 'manifest.json'}: no hook point {missing} in this cache "
+                         f"(it holds {sorted(manifest['hooks'])})")
+    configs = sae_grid(config, {h: manifest["hooks"][h] for h in hooks})
+    saved = out / "train_config.json"
+    if saved.exists():
+        before = json.loads(saved.read_text())
+        now = config_to_dict(config)
+        changed = sorted(k for k in now if k not in _RESUMABLE_CHANGES and before.get(k) != now[k])
+        if changed:
+            raise ValueError(f"{saved}: this run was started with other settings ({', '.join(changed)}); "
+                             f"use another --out or the original config to resume")
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(saved, config_to_dict(config))
+    dist.barrier()
+    store = ActivationStore(config.cache, hooks, batch_size=config.batch_size, seed=config.data_seed,
+                            drop_bos=config.drop_bos, buffer_shards=config.buffer_shards, drop_last=True)
+    if store.batches_per_epoch == 0:
+        raise CacheError(f"{config.cache}: the cache holds {store.n_tokens} tokens, fewer than one batch "
+                         f"of {config.batch_size}")
+    return store, configs
+
+
+def _initialise(config: TrainConfig, configs: list[SAEConfig], device: torch.device
+                ) -> tuple[list[Member], dict[str, float]]:
+    """Input scales and b_dec from a sample (its own seed: the training stream is untouched); new SAEs."""
+    hooks = sorted({c.hook_name for c in configs})
+    sampler = ActivationStore(config.cache, hooks, batch_size=config.normalize_sample_tokens,
+                              seed=config.data_seed + 1_000_003, drop_bos=config.drop_bos, buffer_shards=1)
+    sample = next(iter(sampler))
+    scales = {}
+    for hook in hooks:
+        _check_finite(sample[hook], f"the normalisation sample of {hook}", sampler)
+        normalize = {c.normalize_activations for c in configs if c.hook_name == hook} != {"none"}
+        scales[hook] = estimate_activation_scale(sample[hook]) if normalize else 1.0
+    members = []
+    for cfg in configs:
+        cfg = dataclasses.replace(cfg, activation_scale=scales[cfg.hook_name])
+        sae = build_sae(cfg)
+        init_b_dec(sae, sample[cfg.hook_name].to(sae.b_dec.dtype) * scales[cfg.hook_name])
+        members.append(_member(sae.to(device), cfg))
+    return members, scales
+
+
+def _member(sae: SAE, cfg: SAEConfig) -> Member:
+    device = sae.b_dec.device
+    return Member(sae, sae_name(cfg), torch.zeros(cfg.d_sae, dtype=torch.int64, device=device),
+                  {k: torch.zeros((), dtype=torch.float64, device=device) for k in (*_METRICS, "n")})
+
+
+def _rebuild(config: TrainConfig, configs: list[SAEConfig], device: torch.device, state: dict[str, Any]
+             ) -> tuple[list[Member], dict[str, float]]:
+    """SAEs with the checkpoint's scales (weights are loaded by `_restore`)."""
+    scales = {h: float(s) for h, s in state["scales"].items()}
+    members = []
+    for cfg in configs:
+        cfg = dataclasses.replace(cfg, activation_scale=scales[cfg.hook_name])
+        members.append(_member(build_sae(cfg).to(device), cfg))
+    if [m.name for m in members] != state["members"]:
+        raise ValueError(f"checkpoint holds SAEs {state['members']}, the config asks for {[m.name for m in members]}")
+    return members, scales
+
+
+def _restore(checkpoint: tuple[dict[str, torch.Tensor], dict[str, Any]], members: list[Member],
+             optimizer: torch.optim.Optimizer, scheduler: Any, store: ActivationStore,
+             device: torch.device) -> tuple[int, int]:
+    tensors, state = checkpoint
+    for i, m in enumerate(members):
+        m.sae.load_state_dict({k.split("/", 2)[2]: v for k, v in tensors.items() if k.startswith(f"sae/{i}/")})
+        m.tokens_since_fired.copy_(tensors[f"fired/{i}"])
+    optimizer_from_flat(optimizer, {k: v.to(device) for k, v in tensors.items() if k.startswith("opt/")},
+                        state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    store.load_state_dict(state["store"])
+    restore_rng(tensors)
+    return int(state["step"]), int(state["tokens"])
+
+
+def _checkpoint(out: Path, step: int, tokens: int, members: list[Member], optimizer: torch.optim.Optimizer,
+                scheduler: Any, store: ActivationStore, scales: dict[str, float], config: TrainConfig,
+                rank: int) -> None:
+    if rank == 0:
+        tensors: dict[str, torch.Tensor] = {}
+        for i, m in enumerate(members):
+            tensors.update({f"sae/{i}/{k}": v for k, v in m.sae.state_dict().items()})
+            tensors[f"fired/{i}"] = m.tokens_since_fired
+        opt_tensors, opt_meta = optimizer_to_flat(optimizer)
+        tensors.update(opt_tensors)
+        tensors.update(rng_tensors())
+        state = {"step": step, "tokens": tokens, "scales": scales, "members": [m.name for m in members],
+                 "optimizer": opt_meta, "scheduler": scheduler.state_dict(), "store": store.state_dict()}
+        save_checkpoint(out, step, tensors, state, keep=config.keep_checkpoints)
+    dist.barrier()
+
+
+def _member_step(m: Member, x: torch.Tensor, scale: float, step: int, config: TrainConfig,
+                 device: torch.device, world: int) -> None:
+    """Forward and backward of one SAE on this rank's rows x [rows, d_in] (raw units)."""
+    x = x.to(device, non_blocking=True)
+    if scale != 1.0:
+        x = x * scale
+    cfg = m.sae.cfg
+    dead = m.tokens_since_fired >= config.dead_tokens
+    output = m.forward(x, dead_mask=dead if cfg.architecture in _UNIT_NORM_DECODER else None)
+    loss = output.loss
+    if cfg.architecture == "relu" and config.l1_warmup_fraction > 0:
+        ramp = min(1.0, (step + 1) / max(1.0, config.l1_warmup_fraction * config.n_steps))
+        loss = loss - (1.0 - ramp) * cfg.l1_coef * output.l1
+    if world > 1 and cfg.architecture in _UNIT_NORM_DECODER:
+        # TopK/BatchTopK losses are divided by the batch's total variance: use the global batch's.
+        local = (x - x.mean(dim=0)).pow(2).sum().detach()
+        loss = loss * (local / dist.global_total_variance(x.detach()).clamp_min(1e-30)) * world
+    loss.backward()
+    fired = dist.any_across_ranks(fired_mask(output, cfg.d_sae))
+    m.tokens_since_fired += config.batch_size
+    m.tokens_since_fired[fired] = 0
+    with torch.no_grad():
+        for name in _METRICS:
+            m.sums[name] += getattr(output, name).detach().double()
+        m.sums["n"] += 1
+
+
+def _finish(out: Path, step: int, tokens: int, members: list[Member], optimizer: torch.optim.Optimizer,
+            scheduler: Any, store: ActivationStore, scales: dict[str, float], config: TrainConfig, rank: int,
+            logger: "RunLogger") -> list[Path]:
+    """Final checkpoint; each SAE saved (input scale folded in) with metrics.json."""
+    _checkpoint(out, step, tokens, members, optimizer, scheduler, store, scales, config, rank)
+    folders = []
+    for m in members:
+        folder = out / m.name
+        if rank == 0:
+            sae = copy.deepcopy(m.sae).cpu()
+            save_sae(sae, folder)
+            dead = m.tokens_since_fired >= min(config.dead_tokens, tokens)
+            metrics = {**logger.last.get(m.name, {}), "tokens": tokens, "steps": step,
+                       "dead_fraction": float(dead.float().mean()), "activation_scale": scales[m.sae.cfg.hook_name]}
+            write_json_atomic(folder / "metrics.json", metrics)
+        folders.append(folder)
+    logger.close()
+    dist.barrier()
+    return folders
+
+
+def _all_finite(batch: dict[str, torch.Tensor], store: ActivationStore, config: TrainConfig) -> bool:
+    for hook, x in batch.items():
+        if not bool(torch.isfinite(x).all()):
+            if config.nonfinite == "skip":
+                return False
+            _check_finite(x, f"activations of {hook}", store)
+    return True
+
+
+def _check_finite(x: torch.Tensor, what: str, store: ActivationStore) -> None:
+    bad = (~torch.isfinite(x)).any(dim=-1).nonzero().squeeze(1)
+    if len(bad):
+        raise ValueError(f"NaN/Inf in {what}: {store.describe_rows(bad.cpu().numpy())} "
+                         f"(set nonfinite = 'skip' to drop such batches)")
+
+
+def _lr_factor(step: int, config: TrainConfig) -> float:
+    """Linear warm-up over warmup_steps, constant, then linear decay to 0 over the last decay_fraction."""
+    n_steps = config.n_steps
+    warm = min(1.0, (step + 1) / max(1, min(config.warmup_steps, n_steps // 10 or 1)))
+    decay_start = n_steps * (1 - config.decay_fraction)
+    decay = 1.0 if step < decay_start else max(0.0, (n_steps - step) / max(1.0, n_steps - decay_start))
+    return warm * decay
+
+
+def _next_multiple(tokens: int, every: int) -> int:
+    return math.inf if not every else (tokens // every + 1) * every  # type: ignore[return-value]
