@@ -36,8 +36,8 @@ class TrainConfig:
     betas: list[float] = doc("Adam betas", default_factory=lambda: [0.9, 0.999])
     warmup_steps: int = doc("linear learning-rate warm-up steps (at most a tenth of the run)", 1000)
     decay_fraction: float = doc("final fraction of steps over which the lr decays linearly to 0", 0.2)
-    l1_warmup_fraction: float = doc("relu: fraction of steps over which the L1 coefficient ramps up from 0",
-                                    0.05)
+    sparsity_warmup_fraction: float = doc(
+        "relu/jumprelu: fraction of steps over which the L1 / L0 coefficient ramps up from 0", 0.05)
     dead_tokens: int = doc("a latent not active for this many tokens is dead (AuxK, dead fraction)",
                            10_000_000)
     data_seed: int = doc("seed of the batch order (shared by every SAE in the run)", 0)
@@ -63,8 +63,8 @@ class TrainConfig:
         for name in ("d_sae", "k", "seeds"):
             if not getattr(self, name):
                 raise ValueError(f"TrainConfig.{name} must list at least one value")
-        if not 0 <= self.decay_fraction <= 1 or not 0 <= self.l1_warmup_fraction <= 1:
-            raise ValueError("TrainConfig.decay_fraction and l1_warmup_fraction must be in [0, 1]")
+        if not 0 <= self.decay_fraction <= 1 or not 0 <= self.sparsity_warmup_fraction <= 1:
+            raise ValueError("TrainConfig.decay_fraction and sparsity_warmup_fraction must be in [0, 1]")
         if self.lr is not None and self.lr <= 0:
             raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
 

@@ -45,7 +45,8 @@ from saekit.train.logging import RunLogger
 # Fields that may change between a run and its resumption (they do not change the result).
 _RESUMABLE_CHANGES = {"device", "log_every", "checkpoint_every", "keep_checkpoints", "wandb_project",
                       "tensorboard", "compile", "n_tokens"}
-_UNIT_NORM_DECODER = ("topk", "batchtopk")
+_UNIT_NORM_DECODER = ("topk", "batchtopk", "jumprelu")
+_FVU_LOSS = ("topk", "batchtopk")  # losses divided by the batch's total variance; AuxK needs dead latents
 _METRICS = ("loss", "mse", "fvu", "l0", "l1", "aux_k")
 
 
@@ -239,12 +240,13 @@ def _member_step(m: Member, x: torch.Tensor, scale: float, step: int, config: Tr
         x = x * scale
     cfg = m.sae.cfg
     dead = m.tokens_since_fired >= config.dead_tokens
-    output = m.forward(x, dead_mask=dead if cfg.architecture in _UNIT_NORM_DECODER else None)
+    output = m.forward(x, dead_mask=dead if cfg.architecture in _FVU_LOSS else None)
     loss = output.loss
-    if cfg.architecture == "relu" and config.l1_warmup_fraction > 0:
-        ramp = min(1.0, (step + 1) / max(1.0, config.l1_warmup_fraction * config.n_steps))
-        loss = loss - (1.0 - ramp) * cfg.l1_coef * output.l1
-    if world > 1 and cfg.architecture in _UNIT_NORM_DECODER:
+    if cfg.architecture in ("relu", "jumprelu") and config.sparsity_warmup_fraction > 0:
+        ramp = min(1.0, (step + 1) / max(1.0, config.sparsity_warmup_fraction * config.n_steps))
+        penalty = cfg.l1_coef * output.l1 if cfg.architecture == "relu" else cfg.l0_coef * output.l0
+        loss = loss - (1.0 - ramp) * penalty
+    if world > 1 and cfg.architecture in _FVU_LOSS:
         # TopK/BatchTopK losses are divided by the batch's total variance: use the global batch's.
         local = (x - x.mean(dim=0)).pow(2).sum().detach()
         loss = loss * (local / dist.global_total_variance(x.detach()).clamp_min(1e-30)) * world
