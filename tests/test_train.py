@@ -56,22 +56,26 @@ def small_config(cache: Path, out: Path, **changes) -> TrainConfig:
 
 # Thresholds: TopK must reach 0.9 (the issue's bar). BatchTopK's per-token L0 varies, JumpReLU's and
 # ReLU-L1's sparsity comes from a penalty whose coefficient trades recovery against reconstruction,
-# so 0.8 for them (the issue allows their own thresholds); their coefficients were chosen by a small
-# sweep on this data (JumpReLU needs a threshold/bandwidth on the scale of its pre-activations, ~1).
+# so 0.8 for them (the issue allows their own thresholds). Their settings come from a small sweep on
+# this data: the penalties need more steps and a larger lr, with the penalty ramped in (JumpReLU's
+# threshold and bandwidth on the scale of its pre-activations, ~1, not Gemma Scope's 0.001).
 RECOVERY = [
-    ("topk", {}, 20, 0.9),
-    ("batchtopk", {}, 20, 0.8),
-    ("jumprelu", {"l0_coef": 1.0, "jumprelu_init_threshold": 0.3, "jumprelu_bandwidth": 0.1}, 20, 0.8),
-    ("relu", {"l1_coef": 1.0}, 40, 0.8),
+    ("topk", {}, dict(epochs=20, lr=4e-3), 0.9),
+    ("batchtopk", {}, dict(epochs=20, lr=4e-3), 0.8),
+    ("jumprelu", {"l0_coef": 2.0, "jumprelu_init_threshold": 0.5, "jumprelu_bandwidth": 0.5},
+     dict(epochs=40, lr=1e-2, sparsity_warmup_fraction=0.3), 0.8),
+    ("relu", {"l1_coef": 1.0}, dict(epochs=40, lr=1e-2), 0.8),
 ]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("architecture,sae,epochs,threshold", RECOVERY, ids=[r[0] for r in RECOVERY])
-def test_recovers_a_known_dictionary(dictionary_cache, tmp_path, architecture, sae, epochs, threshold):
+@pytest.mark.parametrize("architecture,sae,schedule,threshold", RECOVERY, ids=[r[0] for r in RECOVERY])
+def test_recovers_a_known_dictionary(dictionary_cache, tmp_path, architecture, sae, schedule, threshold):
     features, cache = dictionary_cache
+    schedule = dict(schedule)
+    epochs = schedule.pop("epochs")
     config = small_config(cache, tmp_path / "run", architecture=architecture, sae=sae,
-                          n_tokens=N_CONTEXTS * CTX * epochs, lr=1e-2 if architecture == "relu" else 4e-3)
+                          n_tokens=N_CONTEXTS * CTX * epochs, **schedule)
     folder, = train(config, progress=False)
     sae_model = load_sae_dir(folder)
     metrics = json.loads((folder / "metrics.json").read_text())
