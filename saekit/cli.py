@@ -2,6 +2,7 @@
 
     saekit cache [CONFIG] [--field value ...]   cache activations (saekit.data.cache_activations)
     saekit train [CONFIG] [--field value ...]   train a grid of SAEs on a cache (saekit.train.train)
+    saekit eval SAE_DIR --cache CACHE          reconstruction, sparsity, CE/KL spliced (saekit.eval.evaluate)
     saekit info PATH [--verify]                 what a cache, an SAE or a report directory holds
     saekit demo [--out DIR]                     the main job on the embedded default (make demo)
 """
@@ -38,6 +39,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
             metrics = json.loads((folder / "metrics.json").read_text())
             print(f"{folder}: fvu {metrics.get('fvu', float('nan')):.4f}, l0 {metrics.get('l0', float('nan')):.1f}, "
                   f"dead {metrics['dead_fraction']:.3f}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from saekit.eval import EvalConfig, evaluate, summary_line
+
+    overrides = {k: v for k, v in vars(args).items() if k not in ("verb", "config", "func", "sae_dir")}
+    overrides["sae"] = args.sae_dir
+    config = load_config(EvalConfig, args.config, overrides)
+    print(summary_line(evaluate(config)))
     return 0
 
 
@@ -110,6 +121,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from saekit.data import CacheConfig
+    from saekit.eval import EvalConfig
     from saekit.train import TrainConfig
 
     parser = argparse.ArgumentParser(prog="saekit", description=__doc__,
@@ -125,6 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("config", nargs="?", help="a TOML/YAML config file (fields of TrainConfig)")
     add_config_args(train, TrainConfig)
     train.set_defaults(func=_cmd_train)
+
+    evaluate = verbs.add_parser("eval", help="evaluate an SAE: reconstruction, sparsity, CE/KL spliced into the model")
+    evaluate.add_argument("sae_dir", help="SAE folder (cfg.json + sae_weights.safetensors)")
+    evaluate.add_argument("--config", help="a TOML/YAML config file (fields of EvalConfig)")
+    add_config_args(evaluate, EvalConfig)
+    evaluate.set_defaults(func=_cmd_eval)
 
     info = verbs.add_parser("info", help="print what a cache, SAE or run directory holds")
     info.add_argument("path")

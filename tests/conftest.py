@@ -41,3 +41,22 @@ def context_blocks(tokens, docs, block: int = 7):
 def tiny_model():
     torch.manual_seed(0)
     return tiny_random_model()
+
+
+def make_local_model_dir(root, n_ctx: int = 64):
+    """A local model folder (random tiny model + a BPE trained on synthetic text) and data.jsonl."""
+    import json
+
+    from saekit.models import save_model_dir, train_bpe_tokenizer, wrap_tokenizer
+
+    words = ("the model reads tokens and writes activations to a cache of shards on disk while a "
+             "sparse autoencoder learns latent features from residual stream vectors").split()
+    docs = [" ".join(words[(i * 7 + j * 3) % len(words)] for j in range(20 + i % 30)) for i in range(3000)]
+    with (root / "data.jsonl").open("w") as f:
+        for doc in docs:
+            f.write(json.dumps({"text": doc}) + "\n")
+    tokenizer = train_bpe_tokenizer(docs[:500], vocab_size=300)
+    model = tiny_random_model(d_vocab=tokenizer.get_vocab_size(), n_ctx=n_ctx)
+    model.set_tokenizer(wrap_tokenizer(tokenizer))
+    save_model_dir(model, root / "model")
+    return root

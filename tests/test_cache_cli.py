@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import tiny_random_model
+from conftest import make_local_model_dir
 from saekit.data import ActivationStore, verify_cache
 from saekit.data.shards import completed_shards
 
@@ -23,20 +23,7 @@ HOOKS = ["blocks.0.hook_resid_post", "blocks.1.hook_mlp_out"]
 @pytest.fixture(scope="module")
 def model_and_data(tmp_path_factory):
     """A local model folder (random tiny model + locally trained BPE) and a jsonl dataset."""
-    from saekit.models import save_model_dir, train_bpe_tokenizer, wrap_tokenizer
-
-    root = tmp_path_factory.mktemp("cli")
-    words = ("the model reads tokens and writes activations to a cache of shards on disk while a "
-             "sparse autoencoder learns latent features from residual stream vectors").split()
-    docs = [" ".join(words[(i * 7 + j * 3) % len(words)] for j in range(20 + i % 30)) for i in range(3000)]
-    with (root / "data.jsonl").open("w") as f:
-        for doc in docs:
-            f.write(json.dumps({"text": doc}) + "\n")
-    tokenizer = train_bpe_tokenizer(docs[:500], vocab_size=300)
-    model = tiny_random_model(d_vocab=tokenizer.get_vocab_size(), n_ctx=64)
-    model.set_tokenizer(wrap_tokenizer(tokenizer))
-    save_model_dir(model, root / "model")
-    return root
+    return make_local_model_dir(tmp_path_factory.mktemp("cli"))
 
 
 def cache_command(root: Path, out: Path, n_tokens: int, shard_tokens: int) -> list[str]:

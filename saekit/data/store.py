@@ -80,6 +80,7 @@ class ActivationStore:
         self.ctx_len: int = self.manifest["ctx_len"]
         self.drop_bos = drop_bos and bool(self.manifest.get("prepend_bos", False))
         self._spans = self._shard_spans(context_range)
+        self.context_range: tuple[int, int] = context_range or (0, self.manifest["n_contexts"])
         self.epoch = 0
         self.batch_in_epoch = 0
 

@@ -40,6 +40,7 @@ class TrainConfig:
         "relu/jumprelu: fraction of steps over which the L1 / L0 coefficient ramps up from 0", 0.05)
     dead_tokens: int = doc("a latent not active for this many tokens is dead (AuxK, dead fraction)",
                            10_000_000)
+    holdout_fraction: float = doc("final fraction of the cache's contexts left out for `saekit eval`", 0.05)
     data_seed: int = doc("seed of the batch order (shared by every SAE in the run)", 0)
     drop_bos: bool = doc("skip BOS positions (their activations are outliers)", True)
     buffer_shards: int = doc("cache shards shuffled together in memory", 4)
@@ -63,6 +64,8 @@ class TrainConfig:
         for name in ("d_sae", "k", "seeds"):
             if not getattr(self, name):
                 raise ValueError(f"TrainConfig.{name} must list at least one value")
+        if not 0 <= self.holdout_fraction < 1:
+            raise ValueError(f"TrainConfig.holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
         if not 0 <= self.decay_fraction <= 1 or not 0 <= self.sparsity_warmup_fraction <= 1:
             raise ValueError("TrainConfig.decay_fraction and sparsity_warmup_fraction must be in [0, 1]")
         if self.lr is not None and self.lr <= 0:

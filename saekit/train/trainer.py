@@ -73,7 +73,7 @@ def train(config: TrainConfig, progress: bool = True) -> list[Path]:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     checkpoint = load_latest_checkpoint(out)
-    members, scales = _initialise(config, configs, device) if checkpoint is None else \
+    members, scales = _initialise(config, configs, device, store.context_range) if checkpoint is None else \
         _rebuild(config, configs, device, checkpoint[1])
     params = [p for m in members for p in m.sae.parameters()]
     optimizer = torch.optim.Adam(
@@ -152,20 +152,23 @@ def _setup(config: TrainConfig, out: Path, rank: int) -> tuple[ActivationStore, 
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(saved, config_to_dict(config))
     dist.barrier()
+    n_train = manifest["n_contexts"] - int(manifest["n_contexts"] * config.holdout_fraction)
     store = ActivationStore(config.cache, hooks, batch_size=config.batch_size, seed=config.data_seed,
-                            drop_bos=config.drop_bos, buffer_shards=config.buffer_shards, drop_last=True)
+                            drop_bos=config.drop_bos, buffer_shards=config.buffer_shards, drop_last=True,
+                            context_range=(0, n_train))
     if store.batches_per_epoch == 0:
         raise CacheError(f"{config.cache}: the cache holds {store.n_tokens} tokens, fewer than one batch "
                          f"of {config.batch_size}")
     return store, configs
 
 
-def _initialise(config: TrainConfig, configs: list[SAEConfig], device: torch.device
-                ) -> tuple[list[Member], dict[str, float]]:
+def _initialise(config: TrainConfig, configs: list[SAEConfig], device: torch.device,
+                store_range: tuple[int, int]) -> tuple[list[Member], dict[str, float]]:
     """Input scales and b_dec from a sample (its own seed: the training stream is untouched); new SAEs."""
     hooks = sorted({c.hook_name for c in configs})
     sampler = ActivationStore(config.cache, hooks, batch_size=config.normalize_sample_tokens,
-                              seed=config.data_seed + 1_000_003, drop_bos=config.drop_bos, buffer_shards=1)
+                              seed=config.data_seed + 1_000_003, drop_bos=config.drop_bos, buffer_shards=1,
+                              context_range=store_range)
     sample = next(iter(sampler))
     scales = {}
     for hook in hooks:

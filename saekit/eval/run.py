@@ -1,0 +1,171 @@
+"""`saekit eval SAE_DIR --cache CACHE_DIR`: the same report card for every SAE.
+
+Steps: load the SAE; check it against the cache (hook point, d_in); stream the held-out contexts'
+activations through it (reconstruction and sparsity metrics); splice it into the model over the
+same contexts (CE, KL); write `eval.json` and `eval_frequency.html` next to the SAE.
+
+Held out: by default the last `n_tokens` worth of contexts of the cache, which `saekit train` leaves
+out of training with its `holdout_fraction`. Live mode (`--model NAME --dataset ...`, no cache)
+first caches the evaluation tokens into `<sae>/eval_cache`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from saekit.config import config_to_dict, doc
+from saekit.data import ActivationStore, CacheConfig, CacheError, cache_activations, open_shard, read_manifest
+from saekit.data.cache import hook_dims, resolve_device
+from saekit.data.shards import shard_path, write_json_atomic
+from saekit.eval.metrics import ReconstructionStats, log10_frequency_histogram
+from saekit.eval.splice import splice_losses
+from saekit.sae import SAE, load_sae_dir
+
+EVAL_FILE = "eval.json"
+HISTOGRAM_FILE = "eval_frequency.html"
+
+
+@dataclass
+class EvalConfig:
+    """What `saekit eval` measures, on which tokens."""
+
+    sae: str = doc("SAE folder (cfg.json + sae_weights.safetensors)", "")
+    cache: str = doc("activation cache holding the SAE's hook point ('' = live mode with --model)", "")
+    model: str = doc("model for the CE/KL splice: name or folder ('' = the one the cache names)", "")
+    init: str = doc("init variant of --model (default: the cache's)", "")
+    dataset: str = doc("live mode: dataset to run the model on", "stdlib-docstrings")
+    n_tokens: int = doc("tokens to evaluate (the last contexts of the cache: its held-out part)", 100_000)
+    first_context: int = doc("evaluate from this context on instead of the last n_tokens (-1: last)", -1)
+    ce_contexts: int = doc("contexts used for the CE/KL splice (0: skip the splice)", 128)
+    batch_size: int = doc("tokens per batch of the reconstruction pass", 4096)
+    device: str = doc("auto | cpu | cuda", "auto")
+    write: bool = doc("write eval.json and the histogram next to the SAE", True)
+
+
+def _model_for(manifest: dict[str, Any], config: EvalConfig, device: torch.device) -> Any:
+    from saekit.models import load_model
+
+    info = manifest.get("model", {})
+    source = config.model or (info.get("source") if info.get("source_kind") in ("local", "hub") else None)
+    if not source:
+        raise ValueError(f"the cache's manifest does not say how to reload its model ({info}); pass --model")
+    return load_model(source, init=config.init or info.get("init", "trained"), seed=int(info.get("seed", 0)),
+                      device=str(device))
+
+
+def check_sae_against_cache(sae: SAE, manifest: dict[str, Any], cache: str | Path) -> str:
+    """The hook point to evaluate; CacheError naming both sides when SAE and cache disagree."""
+    hook = sae.cfg.hook_name
+    hooks = manifest["hooks"]
+    if hook not in hooks:
+        raise CacheError(f"SAE hook point {hook!r} is not in cache {cache} (it holds {sorted(hooks)})")
+    if hooks[hook] != sae.cfg.d_in:
+        raise CacheError(f"SAE d_in {sae.cfg.d_in} does not match cache {cache}: {hook!r} has d_in {hooks[hook]}")
+    return hook
+
+
+def _live_cache(config: EvalConfig, sae: SAE) -> str:
+    if not config.model:
+        raise ValueError("saekit eval needs --cache CACHE_DIR, or --model NAME (and --dataset) to run live")
+    out = Path(config.sae) / "eval_cache"
+    cache_activations(CacheConfig(out=str(out), model=config.model, init=config.init or "trained",
+                                  dataset=config.dataset, hooks=[sae.cfg.hook_name], n_tokens=config.n_tokens,
+                                  device=config.device))
+    return str(out)
+
+
+def evaluate(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
+    """All metrics of the SAE in `config.sae` (see the module docstring); writes eval.json when asked."""
+    device = resolve_device(config.device)
+    sae = load_sae_dir(config.sae, device=device).eval()
+    cache = config.cache or _live_cache(config, sae)
+    manifest = read_manifest(cache)
+    hook = check_sae_against_cache(sae, manifest, cache)
+    ctx_len, total = manifest["ctx_len"], manifest["n_contexts"]
+    n_contexts = min(total, max(1, -(-config.n_tokens // ctx_len)))
+    first = total - n_contexts if config.first_context < 0 else config.first_context
+    context_range = (first, min(total, first + n_contexts))
+    started = time.time()
+
+    store = ActivationStore(cache, hook, batch_size=config.batch_size, shuffle=False, context_range=context_range,
+                            drop_bos=True, device=device, dtype=getattr(torch, sae.cfg.dtype))
+    stats = ReconstructionStats(sae.cfg.d_in, sae.cfg.d_sae)
+    bar = tqdm(total=store.n_tokens, unit="tok", unit_scale=True, desc="eval", disable=not progress)
+    with torch.no_grad():
+        for x in store:
+            latents = sae.encode(x)
+            stats.update(x, latents, sae.decode(latents))
+            bar.update(len(x))
+    bar.close()
+    result: dict[str, Any] = {"sae": str(config.sae), "hook_name": hook, "architecture": sae.cfg.architecture,
+                              "d_in": sae.cfg.d_in, "d_sae": sae.cfg.d_sae, **stats.summary()}
+
+    if config.ce_contexts > 0:
+        model = _model_for(manifest, config, device)
+        model_d = hook_dims(model, [hook], ctx_len)[hook]
+        if model_d != sae.cfg.d_in:
+            raise CacheError(f"SAE d_in {sae.cfg.d_in} does not match the model's {hook!r} width {model_d}")
+        contexts = _context_tokens(cache, manifest, context_range, config.ce_contexts)
+        bar = tqdm(total=contexts.numel(), unit="tok", unit_scale=True, desc="eval splice", disable=not progress)
+        result.update(splice_losses(model, sae, hook, contexts, stats.mean_activation,
+                                    skip_bos=bool(manifest.get("prepend_bos")), progress=bar.update))
+        bar.close()
+
+    result.update({
+        "cache": str(cache), "context_range": list(context_range), "dataset": manifest.get("dataset", {}),
+        "model": manifest.get("model", {}), "seconds": round(time.time() - started, 2),
+        "frequency_histogram": log10_frequency_histogram(stats.frequency()),
+        "config": config_to_dict(config),
+    })
+    if config.write:
+        write_json_atomic(Path(config.sae) / EVAL_FILE, result)
+        write_frequency_html(result, Path(config.sae) / HISTOGRAM_FILE)
+    return result
+
+
+def _context_tokens(cache: str | Path, manifest: dict[str, Any], context_range: tuple[int, int],
+                    limit: int) -> torch.Tensor:
+    """[n, ctx_len] int64 token ids of the first `limit` contexts of context_range."""
+    per = manifest["contexts_per_shard"]
+    lo, hi = context_range[0], min(context_range[1], context_range[0] + limit)
+    rows = []
+    for index in range(lo // per, (hi - 1) // per + 1):
+        shard = open_shard(shard_path(Path(cache), index), manifest)
+        a, b = max(lo, index * per) - index * per, min(hi, (index + 1) * per) - index * per
+        rows.append(torch.from_numpy(shard.tokens[a:b].astype("int64")))
+    return torch.cat(rows)
+
+
+def write_frequency_html(result: dict[str, Any], path: Path) -> Path:
+    """The log10 activation-frequency histogram as a self-contained plotly HTML file."""
+    import plotly.graph_objects as go
+
+    hist = result["frequency_histogram"]
+    edges = hist["edges"]
+    centers = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:])]
+    fig = go.Figure(go.Bar(x=centers, y=hist["counts"], name="live latents"))
+    fig.update_layout(title=f"{result['hook_name']} {result['architecture']} d_sae={result['d_sae']}: "
+                            f"log10 activation frequency ({hist['n_dead']} dead latents not shown)",
+                      xaxis_title="log10(fraction of tokens active)", yaxis_title="latents", bargap=0.05)
+    fig.write_html(str(path), include_plotlyjs=True, full_html=True)
+    return path
+
+
+def summary_line(result: dict[str, Any]) -> str:
+    parts = [f"fvu {result['fvu']:.4f}", f"cossim {result['cossim']:.4f}", f"l0 {result['l0']:.1f}",
+             f"dead {result['dead_fraction']:.3f}", f"dense {result['dense_fraction']:.3f}"]
+    if "ce_loss_score" in result:
+        parts += [f"CE clean {result['ce_clean']:.4f} sae {result['ce_sae']:.4f} zero {result['ce_zero']:.4f}",
+                  f"ce_loss_recovered {result['ce_loss_score']:.4f}", f"KL {result['kl_sae']:.4f}"]
+    return f"{result['sae']}: " + ", ".join(parts) + f" ({result['n_tokens']:,} tokens)"
+
+
+def load_eval(sae_dir: str | Path) -> dict[str, Any]:
+    return json.loads((Path(sae_dir) / EVAL_FILE).read_text())
