@@ -1,0 +1,344 @@
+"""Load a transformer as trained or as one of Heap et al.'s (2025) randomised controls.
+
+Sources for `load_model`:
+- a TransformerLens official name ("pythia-70m-deduped", "gpt2"): `from_pretrained_no_processing`,
+  i.e. the hub weights as published (no LayerNorm folding or weight centring, so the "random"
+  variants below re-draw the same parameters the original model has);
+- a `HookedTransformerConfig`: a model built with that config's `seed`, which plays "trained";
+- a local folder in saekit's format (see `save_model_dir`), such as the one `train_tiny_lm` writes;
+- `"saekit-tiny-lm"`: the default tiny LM (`ensure_tiny_lm()`, trained on first use).
+
+What each variant in `INIT_VARIANTS` re-draws (parameter names as TransformerLens gives them):
+
+- `trained`: nothing re-drawn.
+- `random`: every parameter re-drawn as `HookedTransformer(cfg)` with `cfg.seed = seed` initialises:
+  each `W_*` from the init scheme (`cfg.init_mode`, GPT-2 style N(0, `cfg.initializer_range`^2) by
+  default), each bias (`b_*`, LayerNorm `b`) set to 0, each LayerNorm scale `w` set to 1.
+  Kept: buffers only (causal masks, rotary tables).
+- `random-keep-embeddings`: as `random`, but `embed.W_E`, `pos_embed.W_pos`, `unembed.W_U` and
+  `unembed.b_U` (those the model has) are copied from trained.
+- `step0`: every parameter replaced by the step-0 checkpoint (the hub's `checkpoint_value=0`, or a
+  local folder's `step0/model.safetensors`). Kept: buffers.
+- `gaussian-embeddings`: no parameter re-drawn; the output of `model.embed` (the token embedding,
+  [batch, pos, d_model]) is replaced by i.i.d. N(0, 1) noise. The positional embedding is still
+  added, and every weight and buffer is the trained one (`embed.W_E` is simply unused).
+
+`redrawn_parameters(model, init)` gives the re-drawn parameter names as a set. The Gaussian noise of a
+context depends only on (`seed`, that context's token ids), never on its batch, so an activation
+cache of this variant is exactly reproducible. (Incremental decoding with a KV cache feeds `embed`
+one position at a time and so sees different noise: use full-context forward passes.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import random
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+from saekit.models.tokenizer import raw_tokenizer, read_tokenizer
+
+INIT_VARIANTS = ("trained", "random", "random-keep-embeddings", "step0", "gaussian-embeddings")
+INIT_VARIANT_DOCS = {
+    "trained": "no tensor re-drawn",
+    "random": "all parameters re-drawn by the init scheme (W_* random, biases 0, LayerNorm w 1); buffers kept",
+    "random-keep-embeddings": "as random, but embed.W_E, pos_embed.W_pos, unembed.W_U, unembed.b_U kept",
+    "step0": "all parameters from the step-0 checkpoint; buffers kept",
+    "gaussian-embeddings": "no parameter changed; embed output replaced by N(0, 1) noise seeded per context",
+}
+"""One line per variant, for manifests and CLI help (the module docstring has the details)."""
+KEPT_EMBEDDING_PARAMS = ("embed.W_E", "pos_embed.W_pos", "unembed.W_U", "unembed.b_U")
+"""Parameters `random-keep-embeddings` copies from trained (those the model has)."""
+GAUSSIAN_EMBEDDING_STD = 1.0
+TINY_LM_NAME = "saekit-tiny-lm"
+FORMAT_VERSION = 1
+CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, STEP0_DIR = "config.json", "model.safetensors", "tokenizer.json", "step0"
+
+
+def _check_init(init: str) -> None:
+    if init not in INIT_VARIANTS:
+        raise ValueError(f"unknown init {init!r}; valid variants: {', '.join(INIT_VARIANTS)}")
+
+
+def redrawn_parameters(model: torch.nn.Module, init: str) -> set[str]:
+    """Names of the parameters of `model` that variant `init` re-draws (see the module's table)."""
+    _check_init(init)
+    names = {name for name, _ in model.named_parameters()}
+    if init in ("trained", "gaussian-embeddings"):
+        return set()
+    if init == "random-keep-embeddings":
+        return names - set(KEPT_EMBEDDING_PARAMS)
+    return names
+
+
+# ---------------------------------------------------------------------------- config <-> JSON
+
+
+def config_to_json_dict(cfg: HookedTransformerConfig) -> dict[str, Any]:
+    """The config's fields as JSON-safe values (dtype as "torch.float32"; device left out)."""
+    out: dict[str, Any] = {}
+    for field in dataclasses.fields(cfg):
+        value = getattr(cfg, field.name)
+        if field.name == "device":
+            continue
+        if isinstance(value, torch.dtype):
+            value = str(value)
+        elif isinstance(value, np.generic):
+            value = value.item()
+        elif isinstance(value, tuple):
+            value = list(value)
+        try:
+            json.dumps(value)
+        except TypeError:
+            warnings.warn(f"config field {field.name}={value!r} is not JSON-serialisable; not saved")
+            continue
+        out[field.name] = value
+    return out
+
+
+def config_from_json_dict(data: dict[str, Any], device: str = "cpu",
+                          dtype: torch.dtype | None = None) -> HookedTransformerConfig:
+    """Rebuild a `HookedTransformerConfig` from `config_to_json_dict` output (unknown keys ignored)."""
+    names = {f.name for f in dataclasses.fields(HookedTransformerConfig)}
+    kwargs = {k: v for k, v in data.items() if k in names}
+    if isinstance(kwargs.get("dtype"), str):
+        kwargs["dtype"] = getattr(torch, kwargs["dtype"].removeprefix("torch."))
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    kwargs["device"] = device
+    with _preserved_rng():
+        return HookedTransformerConfig(**kwargs)
+
+
+# ---------------------------------------------------------------------------- local folders
+
+
+def _write_atomic(path: Path, write: Any) -> None:
+    """Call `write(tmp_path)`, then rename over `path` (a killed process leaves no half file)."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    write(tmp)
+    os.chmod(tmp, 0o644)  # some writers create 0600 temp files
+    os.replace(tmp, path)
+
+
+def save_state_dict(model: HookedTransformer, path: str | Path) -> None:
+    """Write the model's parameters as safetensors, atomically.
+
+    Buffers (causal masks, rotary tables) are not saved: the config rebuilds them.
+    """
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.named_parameters()}
+    _write_atomic(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
+
+
+def save_model_dir(model: HookedTransformer, path: str | Path,
+                   tokenizer: Tokenizer | PreTrainedTokenizerBase | None = None) -> Path:
+    """Save `model` as a saekit model folder: `tokenizer.json`, `model.safetensors`, `config.json`.
+
+    The tokenizer is `tokenizer` or else `model.tokenizer` when that is a fast tokenizer (a slow
+    one is not saved). `config.json` is written last, so a folder with it is complete.
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer = tokenizer if tokenizer is not None else model.tokenizer
+    if isinstance(tokenizer, (Tokenizer, PreTrainedTokenizerFast)):
+        tok = raw_tokenizer(tokenizer)
+        _write_atomic(path / TOKENIZER_FILE, lambda tmp: tok.save(str(tmp)))
+    save_state_dict(model, path / WEIGHTS_FILE)
+    config = {"saekit_format_version": FORMAT_VERSION, **config_to_json_dict(model.cfg)}
+    _write_atomic(path / CONFIG_FILE, lambda tmp: tmp.write_text(json.dumps(config, indent=1)))
+    return path
+
+
+def is_model_dir(path: str | Path) -> bool:
+    """Whether `path` holds a complete saekit model folder (config.json and model.safetensors)."""
+    path = Path(path)
+    return (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
+
+
+# ---------------------------------------------------------------------------- building models
+
+
+@contextmanager
+def _preserved_rng() -> Iterator[None]:
+    """Leave torch's, numpy's and Python's global RNGs as they were (TL's config seeds them all)."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        yield
+    random.setstate(py_state)
+    np.random.set_state(np_state)
+
+
+def _build(cfg: HookedTransformerConfig, tokenizer: PreTrainedTokenizerBase | None,
+           init_weights: bool, seed: int | None = None) -> HookedTransformer:
+    """A HookedTransformer for `cfg`, weights drawn on CPU (same draw on any device) when asked."""
+    changes: dict[str, Any] = {"init_weights": init_weights}
+    if seed is not None:
+        changes["seed"] = seed
+    if tokenizer is not None:
+        changes["tokenizer_name"] = None  # set below; TL would fetch it from the hub otherwise
+    with _preserved_rng():
+        model = HookedTransformer(dataclasses.replace(cfg, **changes))
+    model.cfg.tokenizer_name, model.cfg.init_weights = cfg.tokenizer_name, True
+    if tokenizer is not None:
+        model.set_tokenizer(tokenizer)
+    return model
+
+
+def _load_weights(model: HookedTransformer, file: Path) -> None:
+    """Load every parameter of `model` from a safetensors file of `save_state_dict`."""
+    state = load_file(str(file))
+    names = {name for name, _ in model.named_parameters()}
+    missing, unexpected = sorted(names - set(state)), sorted(set(state) - names)
+    if missing or unexpected:
+        raise ValueError(f"{file}: does not fit the config: missing {missing}, unexpected {unexpected}")
+    model.load_state_dict({k: v.to(model.cfg.dtype) for k, v in state.items()}, strict=False)
+
+
+def _randomised(trained: HookedTransformer, seed: int, keep_embeddings: bool) -> HookedTransformer:
+    """`random` / `random-keep-embeddings` of `trained` (see the module's table)."""
+    if trained.cfg.seed == seed:
+        warnings.warn(f"random init with seed={seed}, the seed the model itself was initialised with: "
+                      "this re-draws its own initial (step-0) weights; pass another seed for a fresh draw")
+    model = _build(trained.cfg, trained.tokenizer, init_weights=True, seed=seed)
+    params = dict(trained.named_parameters())
+    with torch.no_grad():
+        for name, buf in trained.named_buffers():
+            module_name, _, attr = name.rpartition(".")
+            module = model.get_submodule(module_name)
+            if attr in module._buffers:
+                module._buffers[attr] = buf.clone()
+        if keep_embeddings:
+            for name in KEPT_EMBEDDING_PARAMS:
+                if name in params:
+                    model.get_parameter(name).copy_(params[name])
+    return model
+
+
+def _row_seed(seed: int, row: torch.Tensor) -> int:
+    """A 63-bit seed from (seed, the row's token ids), stable across processes and machines."""
+    data = seed.to_bytes(8, "little", signed=True) + row.to(torch.int64).numpy().tobytes()
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little") >> 1
+
+
+def add_gaussian_embedding_noise(model: HookedTransformer, seed: int,
+                                 std: float = GAUSSIAN_EMBEDDING_STD) -> torch.utils.hooks.RemovableHandle:
+    """Replace `model.embed`'s output [batch, pos, d_model] by N(0, std^2) noise, per row of tokens.
+
+    Row b of tokens [batch, pos] gets noise from a CPU `torch.Generator` seeded by
+    `_row_seed(seed, tokens[b])`: the same tokens give the same noise in any batch, on any device.
+    A module forward hook, so `model.reset_hooks()` keeps it; `.remove()` the returned handle to undo.
+    """
+    def replace_with_noise(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        tokens = args[0].detach().cpu()
+        noise = torch.empty(output.shape, dtype=torch.float32)
+        for b, row in enumerate(tokens):
+            generator = torch.Generator().manual_seed(_row_seed(seed, row))
+            noise[b] = torch.randn(output.shape[1:], generator=generator) * std
+        return noise.to(device=output.device, dtype=output.dtype)
+
+    return model.embed.register_forward_hook(replace_with_noise)
+
+
+def _hub_model(name: str, init: str, device: str, dtype: torch.dtype) -> HookedTransformer:
+    if init != "step0":
+        return HookedTransformer.from_pretrained_no_processing(name, device=device, dtype=dtype)
+    from transformer_lens.loading_from_pretrained import get_checkpoint_labels
+
+    try:
+        labels, _ = get_checkpoint_labels(name)
+    except ValueError as e:
+        raise ValueError(f"init='step0': {name} has no training checkpoints that TransformerLens can "
+                         f"load (Pythia, stanford-crfm GPT-2 and NeelNanda models do): {e}") from None
+    if 0 not in labels:
+        raise ValueError(f"init='step0': {name} has no step-0 checkpoint (first: {labels[0]})")
+    return HookedTransformer.from_pretrained_no_processing(name, checkpoint_value=0, device=device, dtype=dtype)
+
+
+def _local_model(path: Path, init: str, device: str, dtype: torch.dtype) -> HookedTransformer:
+    if not (path / CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"{path}: not a saekit model folder (no {CONFIG_FILE})")
+    weights = path / STEP0_DIR / WEIGHTS_FILE if init == "step0" else path / WEIGHTS_FILE
+    if not weights.is_file():
+        what = "a step-0 checkpoint (train_tiny_lm writes one)" if init == "step0" else "weights"
+        raise FileNotFoundError(f"{path}: no {what} at {weights}")
+    cfg = config_from_json_dict(json.loads((path / CONFIG_FILE).read_text()), device=device, dtype=dtype)
+    tokenizer = read_tokenizer(path) if (path / TOKENIZER_FILE).is_file() else None
+    model = _build(cfg, tokenizer, init_weights=False)
+    _load_weights(model, weights)
+    return model
+
+
+def _file_sha256(file: Path) -> str:
+    h = hashlib.sha256()
+    with file.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_model(
+    source: str | Path | HookedTransformerConfig,
+    init: str = "trained",
+    seed: int = 0,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> HookedTransformer:
+    """Load `source` as variant `init` (one of `INIT_VARIANTS`; see the module's table).
+
+    `seed` seeds the re-drawn weights of `random*` and the noise of `gaussian-embeddings`; it does
+    nothing for `trained`/`step0`. `device`/`dtype` override any in a config. The model comes in
+    eval mode, with `model.tokenizer` when there is one, and `model.saekit_info` (a JSON-safe dict
+    naming what was loaded, for activation-cache manifests).
+    """
+    _check_init(init)
+    if isinstance(source, str) and source == TINY_LM_NAME:
+        from saekit.models.tiny import ensure_tiny_lm
+
+        source = ensure_tiny_lm()
+    info: dict[str, Any] = {"init": init, "seed": seed}
+    if isinstance(source, HookedTransformerConfig):
+        if init == "step0":
+            raise ValueError("init='step0' needs a hub name or a local folder, not a bare config")
+        cfg = dataclasses.replace(source, device=device, dtype=dtype)
+        trained = _build(cfg, None, init_weights=True)
+        info.update(source="config", source_kind="config", model_seed=source.seed)
+    elif Path(str(source)).expanduser().is_dir():
+        path = Path(str(source)).expanduser().resolve()
+        trained = _local_model(path, init, device, dtype)
+        weights = path / STEP0_DIR / WEIGHTS_FILE if init == "step0" else path / WEIGHTS_FILE
+        info.update(source=str(path), source_kind="local", weights_sha256=_file_sha256(weights))
+    elif isinstance(source, Path) or str(source).startswith((".", "/", "~")):
+        raise FileNotFoundError(f"model folder {source} does not exist")
+    else:
+        trained = _hub_model(str(source), init, device, dtype)
+        info.update(source=str(source), source_kind="hub")
+
+    if init in ("random", "random-keep-embeddings"):
+        model = _randomised(trained, seed, keep_embeddings=init == "random-keep-embeddings")
+        del trained
+    else:
+        model = trained
+    if init == "gaussian-embeddings":
+        add_gaussian_embedding_noise(model, seed)
+        info["embedding_noise"] = {"std": GAUSSIAN_EMBEDDING_STD, "seed": seed,
+                                   "row_seed": "blake2b(seed int64 LE + row token ids int64 LE)"}
+    model.eval()
+    cfg = model.cfg
+    tokenizer_name = getattr(model.tokenizer, "name_or_path", None) if model.tokenizer else cfg.tokenizer_name
+    info.update(model_name=cfg.model_name, n_layers=cfg.n_layers, d_model=cfg.d_model,
+                d_vocab=cfg.d_vocab, n_ctx=cfg.n_ctx, tokenizer=tokenizer_name or None,
+                default_prepend_bos=bool(cfg.default_prepend_bos), dtype=str(cfg.dtype).removeprefix("torch."))
+    model.saekit_info = info
+    return model
