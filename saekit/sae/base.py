@@ -1,0 +1,123 @@
+"""What every SAE architecture shares: parameters, init, encode/decode, the forward's outputs and losses.
+
+Parameters follow SAELens's names and shapes, so saved files match its layout:
+W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in], b_dec [d_in].
+
+    pre_acts   = (x - b_dec) @ W_enc + b_enc          [tokens, d_sae]
+    latents    = activation(pre_acts)                 [tokens, d_sae]   (per architecture)
+    recon      = latents @ W_dec + b_dec              [tokens, d_in]
+
+Each architecture (relu.py, topk.py, batchtopk.py, jumprelu.py) subclasses `SAE` once and defines
+`encode` (dense latents, for inference and evaluation) and `forward` (the training pass, returning
+a `ForwardOutput` with the losses of its paper's recipe).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from saekit.sae.config import SAEConfig
+
+
+class ForwardOutput(NamedTuple):
+    """What one forward pass returns; `loss` is the quantity to backpropagate.
+
+    Loss terms an architecture does not use are zero tensors.
+    """
+
+    recon: Tensor  # [tokens, d_in] reconstruction
+    latent_acts: Tensor  # [tokens, k] with latent_indices (topk), else dense [tokens, d_sae]
+    latent_indices: Tensor | None  # [tokens, k] int64 latent ids (topk), else None
+    mse: Tensor  # squared error summed over d_in, mean over tokens
+    fvu: Tensor  # fraction of variance unexplained: sum of squared error / sum of squared deviation
+    l0: Tensor  # mean number of active latents per token (differentiable for jumprelu)
+    l1: Tensor  # relu: mean over tokens of sum_i latent_i * ||W_dec[i]||
+    aux_k: Tensor  # topk/batchtopk: AuxK loss, the dead latents' reconstruction of the residual (FVU)
+    loss: Tensor  # the total training loss of the architecture's recipe
+
+
+class SAE(nn.Module):
+    """Base of the four architectures: parameters, init, `pre_acts`, `decode`."""
+
+    def __init__(self, cfg: SAEConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        dtype = getattr(torch, cfg.dtype)
+        generator = torch.Generator().manual_seed(cfg.seed)
+        # Decoder rows: random unit directions; encoder: their transpose (Gao et al. 2024).
+        init_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        W_dec = torch.randn(cfg.d_sae, cfg.d_in, generator=generator, dtype=init_dtype)
+        W_dec /= W_dec.norm(dim=1, keepdim=True)
+        # W_enc [d_in, d_sae] is stored as the transpose of a contiguous [d_sae, d_in] tensor: each
+        # latent's encoder weights are contiguous, the layout the sparse backward writes its gradient in.
+        self.W_enc = nn.Parameter(W_dec.to(dtype).t())
+        self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae, dtype=dtype))
+        self.W_dec = nn.Parameter(W_dec.to(dtype))
+        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in, dtype=dtype))
+
+    def pre_acts(self, x: Tensor) -> Tensor:
+        """[tokens, d_sae] = (x - b_dec) @ W_enc + b_enc for x [tokens, d_in]."""
+        return torch.addmm(self.b_enc, x - self.b_dec, self.W_enc)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Dense latents [..., d_sae] of activations x [..., d_in] (inference path)."""
+        raise NotImplementedError
+
+    def decode(self, latents: Tensor) -> Tensor:
+        """Reconstruction [..., d_in] = latents [..., d_sae] @ W_dec + b_dec."""
+        return latents @ self.W_dec + self.b_dec
+
+    def forward(self, x: Tensor, dead_mask: Tensor | None = None) -> ForwardOutput:
+        """Training pass on x [tokens, d_in]; dead_mask [d_sae] bool marks dead latents (AuxK)."""
+        raise NotImplementedError
+
+    def check_input(self, x: Tensor) -> Tensor:
+        """x as [tokens, d_in], with an error naming d_in when the width is wrong."""
+        if x.shape[-1] != self.cfg.d_in:
+            raise ValueError(f"SAE input has width {x.shape[-1]} but the SAE's d_in is {self.cfg.d_in}")
+        return x.reshape(-1, self.cfg.d_in)
+
+    def inference_tensors(self) -> dict[str, Tensor]:
+        """The tensors a saved SAE holds, by SAELens name (threshold added by jumprelu/batchtopk)."""
+        return {"W_enc": self.W_enc.detach(), "b_enc": self.b_enc.detach(),
+                "W_dec": self.W_dec.detach(), "b_dec": self.b_dec.detach()}
+
+    @torch.no_grad()
+    def load_inference_tensors(self, tensors: dict[str, Tensor]) -> None:
+        """Copy tensors named as in `inference_tensors` into this SAE's parameters."""
+        for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+            getattr(self, name).copy_(tensors[name])
+
+    def extra_repr(self) -> str:
+        return f"architecture={self.cfg.architecture}, d_in={self.cfg.d_in}, d_sae={self.cfg.d_sae}"
+
+
+def reconstruction_losses(x: Tensor, recon: Tensor) -> tuple[Tensor, Tensor]:
+    """(mse, fvu) of recon vs x, both [tokens, d_in]: squared error summed over d_in, mean over tokens;
+    and the squared error over the squared deviation from the batch mean (0/0 counts as 0)."""
+    squared_error = (recon - x).pow(2).sum()
+    total_variance = (x - x.mean(dim=0)).pow(2).sum()
+    mse = squared_error / x.shape[0]
+    fvu = squared_error / total_variance.clamp_min(torch.finfo(x.dtype).tiny)
+    return mse, fvu
+
+
+def fired_mask(output: ForwardOutput, d_sae: int) -> Tensor:
+    """[d_sae] bool: which latents were active on at least one token of this forward pass.
+
+    The trainer keeps tokens-since-fired per latent from this and passes `dead_mask` back.
+    """
+    acts = output.latent_acts.detach()
+    if output.latent_indices is None:
+        return (acts > 0).any(dim=0)
+    fired = torch.zeros(d_sae, dtype=torch.bool, device=acts.device)
+    fired[output.latent_indices[acts > 0]] = True
+    return fired
+
+
+def zero(like: Tensor) -> Tensor:
+    """A scalar 0 of like's dtype and device, for loss terms an architecture does not use."""
+    return like.new_zeros(())

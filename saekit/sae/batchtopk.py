@@ -1,0 +1,81 @@
+"""BatchTopK SAE (Bussmann, Leask & Nanda 2024, "BatchTopK sparse autoencoders").
+
+In training, the tokens*k largest activations of the whole batch are kept, so tokens use k latents
+on average but a varying number each. Inference cannot depend on the batch, so the SAE keeps a
+single threshold: a moving average of the smallest activation kept in each training batch. At
+inference a latent is active when its pre-activation exceeds the threshold (a JumpReLU with one
+threshold for every latent; saved as SAELens's `jumprelu` with `threshold` [d_sae]).
+
+Loss as for TopK: fvu + aux_coef * AuxK. The training forward is sparse (kernels.py); `forward`
+in eval mode uses the threshold, like `encode`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from saekit.sae.base import SAE, ForwardOutput, reconstruction_losses, zero
+from saekit.sae.config import SAEConfig
+from saekit.sae.kernels import select_batch_topk, select_threshold, sparse_decode, sparse_encode
+from saekit.sae.topk import auxk_loss
+
+
+class BatchTopKSAE(SAE):
+    """k active latents per token on average over a batch; a learned threshold for inference."""
+
+    threshold: Tensor  # [d_sae] buffer, every entry the same value; 0 until the first training step
+
+    def __init__(self, cfg: SAEConfig) -> None:
+        super().__init__(cfg)
+        self.register_buffer("threshold", torch.zeros(cfg.d_sae, dtype=getattr(torch, cfg.dtype)))
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Dense latents [..., d_sae]: pre-activations above the threshold, 0 elsewhere."""
+        pre = self.pre_acts(self.check_input(x))
+        latents = pre * (pre > self.threshold.clamp_min(0))
+        return latents.reshape(*x.shape[:-1], self.cfg.d_sae)
+
+    def forward(self, x: Tensor, dead_mask: Tensor | None = None) -> ForwardOutput:
+        """Batch top-k in training mode (updates the threshold), the threshold in eval mode.
+
+        latent_acts is dense [tokens, d_sae] (tokens keep different numbers of latents); the
+        reconstruction is computed from the sparse form. loss = fvu + aux_coef * aux_k.
+        """
+        x = self.check_input(x)
+        if self.training:  # the running threshold tells the selection where to look
+            select = select_batch_topk(self.cfg.k, hint=float(self.threshold[0]))
+        else:
+            select = select_threshold(self.threshold)
+        latents = sparse_encode(x, self.W_enc, self.b_enc, self.b_dec, select, self.cfg.sparse_impl)
+        if self.training:
+            self.update_threshold(latents.values.detach())
+        recon = sparse_decode(latents, self.W_dec, self.cfg.sparse_impl) + self.b_dec
+        mse, fvu = reconstruction_losses(x, recon)
+        aux_k = auxk_loss(self, x, recon, dead_mask)
+        l0 = (latents.values.detach() > 0).sum().to(x.dtype) / x.shape[0]
+        return ForwardOutput(recon, latents.to_dense(self.cfg.d_sae), None, mse, fvu, l0, zero(fvu), aux_k,
+                             fvu + self.cfg.aux_coef * aux_k)
+
+    @torch.no_grad()
+    def update_threshold(self, kept_acts: Tensor) -> None:
+        """Move the threshold toward the smallest positive activation kept in this batch.
+
+        The first update sets it outright (a threshold of 0 means "never updated").
+        """
+        positive = kept_acts[kept_acts > 0]
+        if positive.numel() == 0:
+            return
+        smallest = positive.min().to(self.threshold.dtype)
+        if bool((self.threshold == 0).all()):
+            self.threshold.fill_(smallest)
+        else:
+            self.threshold.lerp_(smallest.expand_as(self.threshold), self.cfg.batchtopk_threshold_lr)
+
+    def inference_tensors(self) -> dict[str, Tensor]:
+        return {**super().inference_tensors(), "threshold": self.threshold.detach()}
+
+    @torch.no_grad()
+    def load_inference_tensors(self, tensors: dict[str, Tensor]) -> None:
+        super().load_inference_tensors(tensors)
+        self.threshold.copy_(tensors["threshold"])

@@ -1,0 +1,89 @@
+"""`SAEConfig`: one flat dataclass for every SAE architecture saekit trains.
+
+The same object is the CLI (`saekit.config.add_config_args`), the logged config and the `saekit`
+section of a saved SAE's cfg.json (saekit/sae/io.py).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from saekit.config import doc
+
+ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu")
+B_DEC_INITS = ("mean", "geometric_median", "zeros")
+NORMALIZATIONS = ("expected_norm", "none")
+DTYPES = ("float32", "float64", "bfloat16", "float16")
+SPARSE_IMPLS = ("csr", "gather")
+
+
+@dataclass
+class SAEConfig:
+    """Architecture, sizes, loss coefficients and initialisation of one sparse autoencoder."""
+
+    architecture: str = doc(
+        "relu (L1, Anthropic Apr 2024) | topk (Gao et al. 2024) | batchtopk (Bussmann et al. 2024) "
+        "| jumprelu (Rajamanoharan et al. 2024)", "topk")
+    d_in: int = doc("width of the activations the SAE reads", 512)
+    d_sae: int = doc("number of latents", 8192)
+    k: int = doc("topk: active latents per token; batchtopk: the average per token over a batch", 32)
+    k_aux: int | None = doc("topk/batchtopk: dead latents the AuxK loss uses (None = d_in // 2)", None)
+    aux_coef: float = doc("topk/batchtopk: AuxK loss coefficient (Gao et al. 2024 use 1/32)", 1 / 32)
+    l1_coef: float = doc("relu: coefficient of the L1 penalty weighted by decoder row norms", 5.0)
+    l0_coef: float = doc("jumprelu: coefficient of the L0 penalty", 1.0)
+    jumprelu_bandwidth: float = doc("jumprelu: width of the straight-through estimator's window", 0.001)
+    jumprelu_init_threshold: float = doc("jumprelu: initial per-latent threshold", 0.001)
+    batchtopk_threshold_lr: float = doc(
+        "batchtopk: rate of the moving average giving the inference threshold", 0.01)
+    sparse_impl: str = doc(
+        "topk/batchtopk kernels: csr (torch sparse CSR, fastest; 16-bit floats on CPU use gather) "
+        "| gather (embedding_bag/index_add)", "csr")
+    b_dec_init: str = doc("decoder bias init from a sample: mean | geometric_median | zeros", "geometric_median")
+    normalize_activations: str = doc(
+        "expected_norm: train on x * activation_scale so that E||x|| = sqrt(d_in) | none", "expected_norm")
+    activation_scale: float = doc(
+        "the factor raw activations are multiplied by in training (set by the trainer)", 1.0)
+    folded_activation_scale: float = doc(
+        "the scale fold_normalization folded into the weights (record only; 1.0 = none)", 1.0)
+    hook_name: str = doc("model hook the SAE reads, e.g. blocks.6.hook_resid_post", "")
+    seed: int = doc("seed of the weight initialisation", 0)
+    dtype: str = doc("parameter dtype: float32 | float64 | bfloat16 | float16", "float32")
+
+    def __post_init__(self) -> None:
+        _one_of("architecture", self.architecture, ARCHITECTURES)
+        _one_of("b_dec_init", self.b_dec_init, B_DEC_INITS)
+        _one_of("normalize_activations", self.normalize_activations, NORMALIZATIONS)
+        _one_of("dtype", self.dtype, DTYPES)
+        _one_of("sparse_impl", self.sparse_impl, SPARSE_IMPLS)
+        for name in ("d_in", "d_sae", "k"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"SAEConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.architecture in ("topk", "batchtopk") and self.k > self.d_sae:
+            raise ValueError(f"SAEConfig.k ({self.k}) must be at most d_sae ({self.d_sae})")
+        if self.k_aux is not None and (not isinstance(self.k_aux, int) or self.k_aux < 1):
+            raise ValueError(f"SAEConfig.k_aux must be a positive integer or None, got {self.k_aux!r}")
+        for name in ("aux_coef", "l1_coef", "l0_coef"):
+            if not math.isfinite(getattr(self, name)) or getattr(self, name) < 0:
+                raise ValueError(f"SAEConfig.{name} must be finite and >= 0, got {getattr(self, name)!r}")
+        for name in ("jumprelu_bandwidth", "jumprelu_init_threshold", "activation_scale",
+                     "folded_activation_scale"):
+            if not math.isfinite(getattr(self, name)) or getattr(self, name) <= 0:
+                raise ValueError(f"SAEConfig.{name} must be finite and > 0, got {getattr(self, name)!r}")
+        if not 0 < self.batchtopk_threshold_lr <= 1:
+            raise ValueError(f"SAEConfig.batchtopk_threshold_lr must be in (0, 1], got {self.batchtopk_threshold_lr!r}")
+
+    @property
+    def resolved_k_aux(self) -> int:
+        """k_aux, or d_in // 2 when unset (as in sparsify), never above d_sae."""
+        return min(self.k_aux if self.k_aux is not None else max(self.d_in // 2, 1), self.d_sae)
+
+    @property
+    def is_sparse(self) -> bool:
+        """Whether forward runs on the sparse (CSR) representation: topk and batchtopk."""
+        return self.architecture in ("topk", "batchtopk")
+
+
+def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"SAEConfig.{name} must be one of {allowed}, got {value!r}")

@@ -1,0 +1,156 @@
+"""Save and load an SAE as a folder: `cfg.json` + `sae_weights.safetensors`, SAELens's layout.
+
+cfg.json holds SAELens's inference keys at the top level (architecture, d_in, d_sae, dtype,
+apply_b_dec_to_input, normalize_activations, k for topk, metadata.hook_name), so that
+`sae_lens.SAE.load_from_disk` reads the folder, plus saekit's own `format_version` and the full
+`SAEConfig` under "saekit". Weights are W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in],
+b_dec [d_in] and, for jumprelu and batchtopk, threshold [d_sae].
+
+Saving folds the input normalization into the weights (weights.folded_tensors), so a saved SAE
+works on raw activations. `load_sae_dir` also reads SAELens folders of the standard, topk and
+jumprelu architectures.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from saekit.config import build_config, config_to_dict
+from saekit.sae.base import SAE
+from saekit.sae.build import build_sae
+from saekit.sae.config import SAEConfig
+from saekit.sae.weights import folded_config, folded_tensors
+
+FORMAT_VERSION = 1
+CFG_FILENAME = "cfg.json"
+WEIGHTS_FILENAME = "sae_weights.safetensors"
+# saekit architecture -> the SAELens inference architecture it is saved as.
+SAELENS_ARCHITECTURE = {"relu": "standard", "topk": "topk", "batchtopk": "jumprelu", "jumprelu": "jumprelu"}
+FROM_SAELENS = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu"}
+
+
+def save_sae(sae: SAE, path: str | Path) -> Path:
+    """Write sae to the folder `path` (created if needed), normalization folded in; returns the folder.
+
+    The SAE itself is not modified, so a trainer can save checkpoints and go on training.
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    cfg, tensors = sae.cfg, sae.inference_tensors()
+    if cfg.normalize_activations != "none":
+        tensors = folded_tensors(tensors, cfg.activation_scale)
+        cfg = folded_config(cfg, cfg.activation_scale)
+    save_file({name: t.detach().cpu().contiguous() for name, t in tensors.items()}, str(path / WEIGHTS_FILENAME))
+    (path / CFG_FILENAME).write_text(json.dumps(_cfg_json(cfg), indent=2) + "\n")
+    return path
+
+
+def _cfg_json(cfg: SAEConfig) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "architecture": SAELENS_ARCHITECTURE[cfg.architecture],
+        "d_in": cfg.d_in,
+        "d_sae": cfg.d_sae,
+        "dtype": cfg.dtype,
+        "device": "cpu",
+        "apply_b_dec_to_input": True,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        "hook_name": cfg.hook_name,
+        "metadata": {"hook_name": cfg.hook_name},
+    }
+    if cfg.architecture == "topk":
+        out.update(k=cfg.k, rescale_acts_by_decoder_norm=False)
+    out["saekit"] = config_to_dict(cfg)
+    return out
+
+
+def load_sae_dir(path: str | Path, device: str | torch.device = "cpu") -> SAE:
+    """The SAE saved in folder `path` (by `save_sae`, or by SAELens for standard/topk/jumprelu).
+
+    Raises FileNotFoundError for a missing file and ValueError naming the field and file when
+    cfg.json and the weights disagree.
+    """
+    path = Path(path)
+    cfg_path, weights_path = path / CFG_FILENAME, path / WEIGHTS_FILENAME
+    for file in (cfg_path, weights_path):
+        if not file.is_file():
+            raise FileNotFoundError(f"{file} not found: an SAE folder holds {CFG_FILENAME} and {WEIGHTS_FILENAME}")
+    try:
+        raw = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{cfg_path}: not valid JSON ({err})") from err
+    version = raw.get("format_version", FORMAT_VERSION)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ValueError(f"{cfg_path}: format_version {version!r} is newer than this saekit reads ({FORMAT_VERSION})")
+    tensors = load_file(str(weights_path))
+    if "saekit" in raw:
+        cfg = build_config(SAEConfig, raw["saekit"], source=f"{cfg_path} (saekit)")
+        for name in ("d_in", "d_sae"):
+            if name in raw and raw[name] != getattr(cfg, name):
+                raise ValueError(f"{cfg_path}: {name} is {raw[name]} at the top level but "
+                                 f"{getattr(cfg, name)} under 'saekit'")
+    else:
+        cfg, tensors = _from_saelens(raw, tensors, cfg_path)
+    _check_tensors(cfg, tensors, cfg_path, weights_path)
+    with torch.device("meta"):  # no random init of weights that are about to be overwritten
+        sae = build_sae(cfg)
+    sae = sae.to_empty(device=device)
+    dtype = getattr(torch, cfg.dtype)
+    sae.load_inference_tensors({name: t.to(device=device, dtype=dtype) for name, t in tensors.items()})
+    return sae
+
+
+def _check_tensors(cfg: SAEConfig, tensors: dict[str, torch.Tensor], cfg_path: Path, weights_path: Path) -> None:
+    """Raise a ValueError naming the tensor and the cfg.json field when a shape is wrong."""
+    expected = {"W_enc": ("d_in", "d_sae"), "b_enc": ("d_sae",), "W_dec": ("d_sae", "d_in"), "b_dec": ("d_in",)}
+    if cfg.architecture in ("jumprelu", "batchtopk"):
+        expected["threshold"] = ("d_sae",)
+    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"{weights_path}: for architecture {cfg.architecture!r} expected tensors "
+                         f"{sorted(expected)}; missing {missing}, unexpected {unexpected}")
+    for name, dims in expected.items():
+        shape = tuple(tensors[name].shape)
+        want = tuple(getattr(cfg, dim) for dim in dims)
+        if len(shape) != len(dims):
+            raise ValueError(f"{weights_path}: {name} has shape {shape}, expected {len(dims)} dims {dims}")
+        for axis, (dim, size, wanted) in enumerate(zip(dims, shape, want)):
+            if size != wanted:
+                raise ValueError(f"{weights_path}: {name} has shape {shape} but {cfg_path.name} says "
+                                 f"{dim} = {wanted} (axis {axis} of {name} is {dim}, expected shape {want})")
+    if "threshold" in tensors and cfg.architecture == "jumprelu" and bool((tensors["threshold"] <= 0).any()):
+        raise ValueError(f"{weights_path}: threshold must be > 0 for a jumprelu SAE")
+
+
+def _from_saelens(raw: dict[str, Any], tensors: dict[str, torch.Tensor],
+                  cfg_path: Path) -> tuple[SAEConfig, dict[str, torch.Tensor]]:
+    """SAEConfig and tensors from a cfg.json SAELens wrote (no 'saekit' section)."""
+    architecture = raw.get("architecture", "standard")
+    if architecture not in FROM_SAELENS:
+        raise ValueError(f"{cfg_path}: architecture {architecture!r} is not one saekit loads "
+                         f"({sorted(FROM_SAELENS)})")
+    if raw.get("normalize_activations", "none") != "none":
+        raise ValueError(f"{cfg_path}: normalize_activations {raw['normalize_activations']!r} is not supported; "
+                         "fold the scaling factor into the weights first")
+    if raw.get("rescale_acts_by_decoder_norm", False):
+        raise ValueError(f"{cfg_path}: rescale_acts_by_decoder_norm is not supported")
+    for name in ("d_in", "d_sae"):
+        if not isinstance(raw.get(name), int):
+            raise ValueError(f"{cfg_path}: {name} missing or not an integer")
+    hook_name = raw.get("hook_name") or (raw.get("metadata") or {}).get("hook_name") or ""
+    values: dict[str, Any] = {"architecture": FROM_SAELENS[architecture], "d_in": raw["d_in"],
+                              "d_sae": raw["d_sae"], "dtype": raw.get("dtype", "float32"),
+                              "hook_name": hook_name, "normalize_activations": "none", "b_dec_init": "zeros"}
+    if architecture == "topk":
+        values["k"] = int(raw["k"])
+    cfg = build_config(SAEConfig, values, source=str(cfg_path))
+    if not raw.get("apply_b_dec_to_input", True) and "b_enc" in tensors and "W_enc" in tensors:
+        # x @ W_enc + b_enc == (x - b_dec) @ W_enc + (b_enc + b_dec @ W_enc)
+        tensors = {**tensors, "b_enc": tensors["b_enc"] + tensors["b_dec"] @ tensors["W_enc"]}
+    return cfg, tensors

@@ -1,0 +1,259 @@
+"""Sparse encode/decode for TopK-style SAEs: touch only the active latents, forward and backward.
+
+A TopK SAE with d_sae latents and k active per token needs one dense product, the encoder's
+forward `(x - b_dec) @ W_enc` ([tokens, d_in] x [d_in, d_sae]), to know which latents win. After
+that everything is sparse: the decoder sums k rows of W_dec per token, and the backward passes of
+both the decoder and the encoder only concern the (token, latent) pairs that were selected. A plain
+autograd implementation instead multiplies a dense [tokens, d_sae] latent matrix by W_dec and,
+backward, takes four more dense products of the same size (see bench/sae_step.py).
+
+The active set is held in CSR form (`SparseLatents`: values, latent indices, row offsets), so that
+TopK (k per token), BatchTopK (a variable number per token) and a thresholded inference path share
+one pair of autograd functions:
+
+- `SparseEncode`: pre-activations, a selection function, ReLU of the selected values. Backward:
+  grad W_enc = (x - b_dec)^T @ S, grad b_enc = column sums of S, grad b_dec = -W_enc @ grad b_enc,
+  where S is the sparse [tokens, d_sae] matrix of the selected latents' gradients.
+- `SparseDecode`: recon = A @ W_dec with A the sparse latents. Backward: grad W_dec = A^T @ g and
+  the gradient of each active value is the dot product of g with its decoder row, a sampled
+  dense-dense product.
+
+Two implementations of the same maths (`impl`): "csr" builds torch sparse CSR tensors (MKL on
+CPU, the fastest on our CPUs; cuSPARSE on GPU, untested here); "gather" uses embedding_bag,
+index_add_ and row gathers, works wherever torch does, and serves 16-bit floats on CPU, which MKL
+lacks. Both are gradchecked against the dense computation in tests/test_sae.py.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Callable, NamedTuple
+
+import torch
+from torch import Tensor
+
+IMPLS = ("csr", "gather")
+_GATHER_CHUNK = 16384  # (token, latent) pairs per chunk in the gather implementation (bounds memory)
+
+
+class SparseLatents(NamedTuple):
+    """The active latents of a batch in CSR form (token t owns entries offsets[t]:offsets[t+1])."""
+
+    values: Tensor  # [nnz] latent activations
+    indices: Tensor  # [nnz] int64 latent ids, increasing within each token
+    offsets: Tensor  # [tokens + 1] int64 row pointers
+
+    @property
+    def n_tokens(self) -> int:
+        return self.offsets.numel() - 1
+
+    def token_ids(self) -> Tensor:
+        """[nnz] the token each entry belongs to."""
+        counts = self.offsets.diff()
+        return torch.repeat_interleave(torch.arange(self.n_tokens, device=counts.device), counts)
+
+    def to_dense(self, d_sae: int) -> Tensor:
+        """[tokens, d_sae] dense latents (differentiable in `values`)."""
+        dense = self.values.new_zeros(self.n_tokens, d_sae)
+        return dense.index_put_((self.token_ids(), self.indices), self.values)
+
+
+# A selection maps pre-activations [tokens, d_sae] (no grad) to (values [nnz], indices [nnz],
+# offsets [tokens + 1]) of the entries to keep; values are the raw pre-activations there.
+Selection = Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]
+
+
+def select_topk(k: int) -> Selection:
+    """The k largest pre-activations of each token (Gao et al. 2024)."""
+    def select(pre: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        values, indices = pre.topk(k, dim=1, sorted=False)
+        indices, order = indices.sort(dim=1)
+        values = values.gather(1, order)
+        offsets = torch.arange(0, pre.shape[0] * k + 1, k, device=pre.device)
+        return values.reshape(-1), indices.reshape(-1), offsets
+    return select
+
+
+def _offsets(rows: Tensor, n_tokens: int) -> Tensor:
+    """[tokens + 1] CSR row pointers from the sorted row of each entry."""
+    offsets = torch.zeros(n_tokens + 1, dtype=torch.long, device=rows.device)
+    offsets[1:] = torch.bincount(rows, minlength=n_tokens).cumsum(0)
+    return offsets
+
+
+def _select_mask(pre: Tensor, keep: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """CSR of the entries of `pre` where the boolean `keep` [tokens, d_sae] is true."""
+    rows, cols = keep.nonzero(as_tuple=True)  # row-major, so columns increase within a row
+    return pre[rows, cols], cols, _offsets(rows, pre.shape[0])
+
+
+def select_batch_topk(k: int, hint: float = 0.0, oversample: int = 4) -> Selection:
+    """The tokens*k largest positive pre-activations of the whole batch (Bussmann et al. 2024).
+
+    Exact, without a top-k over all tokens*d_sae entries. With a `hint` > 0 (the previous batches'
+    threshold), the candidates are the entries above hint / 2: one pass over the batch. Otherwise,
+    or when fewer than tokens*k entries pass, they are each token's `oversample*k` largest values,
+    which hold the answer unless some token had all of its candidates kept; then the full top-k.
+    """
+    def select(pre: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        n_tokens, d_sae = pre.shape
+        n_keep = min(n_tokens * k, n_tokens * d_sae)
+        if hint > 0:
+            rows, cols = (pre > hint / 2).nonzero(as_tuple=True)
+            if rows.numel() >= n_keep:
+                values = pre[rows, cols]
+                cutoff = values.topk(n_keep, sorted=False).values.min()
+                keep = values >= cutoff
+                return values[keep], cols[keep], _offsets(rows[keep], n_tokens)
+        per_token = min(oversample * k, d_sae)
+        candidates = pre.topk(per_token, dim=1, sorted=False).values  # [tokens, per_token]
+        cutoff = candidates.reshape(-1).topk(n_keep, sorted=False).values.min()
+        if per_token < d_sae and bool((candidates.amin(dim=1) >= cutoff).any()):
+            cutoff = pre.reshape(-1).topk(n_keep, sorted=False).values.min()
+        return _select_mask(pre, pre >= cutoff.clamp_min(torch.finfo(pre.dtype).tiny))
+    return select
+
+
+def select_threshold(threshold: Tensor) -> Selection:
+    """The pre-activations above a per-latent threshold [d_sae] (and above 0): JumpReLU inference."""
+    def select(pre: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return _select_mask(pre, pre > threshold.clamp_min(0))
+    return select
+
+
+def _csr(offsets: Tensor, indices: Tensor, values: Tensor, n_cols: int) -> Tensor:
+    with warnings.catch_warnings():  # torch's one-time "sparse CSR support is in beta" warning
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(offsets, indices, values, (offsets.numel() - 1, n_cols),
+                                       check_invariants=False)
+
+
+def _transpose_times(latents: SparseLatents, dense: Tensor, n_cols: int, impl: str) -> Tensor:
+    """S^T @ dense for the sparse [tokens, n_cols] matrix S: [n_cols, d] (rows never hit are 0)."""
+    if impl == "csr":
+        return _csr(latents.offsets, latents.indices, latents.values, n_cols).t() @ dense
+    out = dense.new_zeros(n_cols, dense.shape[1])
+    tokens = latents.token_ids()
+    for start in range(0, latents.values.numel(), _GATHER_CHUNK):
+        part = slice(start, start + _GATHER_CHUNK)
+        out.index_add_(0, latents.indices[part], latents.values[part, None] * dense[tokens[part]])
+    return out
+
+
+def _times(latents: SparseLatents, weight: Tensor, impl: str) -> Tensor:
+    """S @ weight for the sparse [tokens, n_rows] matrix S and weight [n_rows, d]: [tokens, d]."""
+    if impl == "csr":
+        return _csr(latents.offsets, latents.indices, latents.values, weight.shape[0]) @ weight
+    return torch.nn.functional.embedding_bag(
+        latents.indices, weight.contiguous(), latents.offsets[:-1], mode="sum",
+        per_sample_weights=latents.values)
+
+
+def _row_dots(latents: SparseLatents, left: Tensor, weight: Tensor, impl: str) -> Tensor:
+    """[nnz] <left[token], weight[latent]> for every active (token, latent) pair."""
+    if impl == "csr":
+        pattern = _csr(latents.offsets, latents.indices, torch.zeros_like(latents.values), weight.shape[0])
+        return torch.sparse.sampled_addmm(pattern, left, weight.t(), beta=0.0).values()
+    out = torch.empty_like(latents.values)
+    tokens = latents.token_ids()
+    for start in range(0, out.numel(), _GATHER_CHUNK):
+        part = slice(start, start + _GATHER_CHUNK)
+        out[part] = (weight[latents.indices[part]] * left[tokens[part]]).sum(-1)
+    return out
+
+
+class SparseEncode(torch.autograd.Function):
+    """relu(selected entries of (x - b_dec) @ W_enc + b_enc), with a backward over those entries only."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor,
+                select: Selection, impl: str) -> tuple[Tensor, Tensor, Tensor]:
+        centered = x - b_dec
+        pre = (centered @ W_enc).add_(b_enc)  # cheaper than addmm's broadcast copy of b_enc on CPU
+        values, indices, offsets = select(pre)
+        del pre
+        acts = values.relu()
+        ctx.impl = impl
+        ctx.save_for_backward(centered, W_enc, acts, indices, offsets)
+        ctx.mark_non_differentiable(indices, offsets)
+        return acts, indices, offsets
+
+    @staticmethod
+    def backward(ctx, grad_acts: Tensor, _grad_indices: Tensor | None, _grad_offsets: Tensor | None):
+        centered, W_enc, acts, indices, offsets = ctx.saved_tensors
+        grad_pre = SparseLatents(grad_acts * (acts > 0), indices, offsets)
+        need_x, need_w, need_b_enc, need_b_dec = ctx.needs_input_grad[:4]
+        grad_x = grad_w = grad_b_enc = grad_b_dec = None
+        if need_w:
+            grad_w = _transpose_times(grad_pre, centered, W_enc.shape[1], ctx.impl).t()
+        if need_b_enc or need_b_dec:
+            grad_b_enc = grad_pre.values.new_zeros(W_enc.shape[1]).index_add_(0, indices, grad_pre.values)
+        if need_x:
+            grad_x = _times(grad_pre, W_enc.t(), ctx.impl)
+        if need_b_dec:  # -sum over tokens of grad_x, computed without grad_x when x needs none
+            grad_b_dec = -(W_enc @ grad_b_enc)
+        return grad_x, grad_w, grad_b_enc if need_b_enc else None, grad_b_dec, None, None
+
+
+class SparseDecode(torch.autograd.Function):
+    """Sum over active latents of value * W_dec[latent]: [tokens, d_in], sparse forward and backward."""
+
+    @staticmethod
+    def forward(ctx, values: Tensor, indices: Tensor, offsets: Tensor, W_dec: Tensor, impl: str) -> Tensor:
+        ctx.impl = impl
+        ctx.save_for_backward(values, indices, offsets, W_dec)
+        return _times(SparseLatents(values, indices, offsets), W_dec, impl)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        values, indices, offsets, W_dec = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
+        grad_values = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_values = _row_dots(SparseLatents(values, indices, offsets), grad_out, W_dec, ctx.impl)
+        if ctx.needs_input_grad[3]:
+            grad_w = _transpose_times(SparseLatents(values, indices, offsets), grad_out, W_dec.shape[0], ctx.impl)
+        return grad_values, None, None, grad_w, None
+
+
+def sparse_encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor,
+                  select: Selection, impl: str = "csr") -> SparseLatents:
+    """Active latents of x [tokens, d_in] under `select`; W_enc [d_in, d_sae], b_enc [d_sae], b_dec [d_in]."""
+    impl = _resolve_impl(impl, W_enc)
+    return SparseLatents(*SparseEncode.apply(x, W_enc, b_enc, b_dec, select, impl))
+
+
+def sparse_decode(latents: SparseLatents, W_dec: Tensor, impl: str = "csr") -> Tensor:
+    """[tokens, d_in] = sum of value * W_dec[latent] over each token's active latents (no bias)."""
+    impl = _resolve_impl(impl, W_dec)
+    return SparseDecode.apply(latents.values, latents.indices, latents.offsets, W_dec, impl)
+
+
+def topk_encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, k: int,
+                impl: str = "csr") -> tuple[Tensor, Tensor]:
+    """(top_acts [tokens, k], top_indices [tokens, k]) of relu((x - b_dec) @ W_enc + b_enc)."""
+    latents = sparse_encode(x, W_enc, b_enc, b_dec, select_topk(k), impl)
+    return latents.values.view(-1, k), latents.indices.view(-1, k)
+
+
+def topk_decode(top_acts: Tensor, top_indices: Tensor, W_dec: Tensor, impl: str = "csr") -> Tensor:
+    """[tokens, d_in] = sum_j top_acts[:, j] * W_dec[top_indices[:, j]] (no bias).
+
+    Indices need not be sorted along k (they are put in order for the CSR form when they are not).
+    """
+    n_tokens, k = top_acts.shape
+    if k > 1 and not bool((top_indices.diff(dim=1) > 0).all()):
+        top_indices, order = top_indices.sort(dim=1)
+        top_acts = top_acts.gather(1, order)
+    offsets = torch.arange(0, n_tokens * k + 1, k, device=top_acts.device)
+    latents = SparseLatents(top_acts.reshape(-1), top_indices.reshape(-1), offsets)
+    return sparse_decode(latents, W_dec, impl)
+
+
+def _resolve_impl(impl: str, like: Tensor) -> str:
+    """impl, except "gather" where "csr" has no kernel: 16-bit floats on CPU (MKL is float32/64 only)."""
+    if impl not in IMPLS:
+        raise ValueError(f"sparse_impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "csr" and like.device.type == "cpu" and like.dtype not in (torch.float32, torch.float64):
+        return "gather"
+    return impl

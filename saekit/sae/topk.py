@@ -1,0 +1,71 @@
+"""TopK SAE (Gao et al. 2024, "Scaling and evaluating sparse autoencoders").
+
+Exactly k latents are active per token: latents = relu(topk_k(pre_acts)). The decoder rows are kept
+at unit norm by the trainer (`weights.normalize_decoder_` after each step and
+`weights.remove_parallel_decoder_grad_` before it). The loss is the FVU plus `aux_coef` times the
+AuxK loss: the top `k_aux` dead latents reconstruct the residual x - recon, which gives dead
+latents a gradient (Gao et al. use k_aux = 512 and coefficient 1/32; here k_aux defaults to
+d_in // 2 as in EleutherAI's sparsify, and the loss is scaled down when fewer latents are dead).
+
+The training forward never forms a dense [tokens, d_sae] latent matrix: it works on
+(top_acts, top_indices) [tokens, k] end to end (saekit/sae/kernels.py).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from saekit.sae.base import SAE, ForwardOutput, reconstruction_losses, zero
+from saekit.sae.kernels import SparseLatents, select_topk, sparse_decode, sparse_encode, topk_decode, topk_encode
+
+
+class TopKSAE(SAE):
+    """k active latents per token; sparse forward and backward."""
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Dense latents [..., d_sae]: relu of each token's k largest pre-activations, 0 elsewhere."""
+        flat = self.check_input(x)
+        top_acts, top_indices = self.topk(flat)
+        dense = top_acts.new_zeros(flat.shape[0], self.cfg.d_sae).scatter_(1, top_indices, top_acts)
+        return dense.reshape(*x.shape[:-1], self.cfg.d_sae)
+
+    def topk(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(top_acts [tokens, k], top_indices [tokens, k]) for x [tokens, d_in]; indices increase along k."""
+        return topk_encode(x, self.W_enc, self.b_enc, self.b_dec, self.cfg.k, self.cfg.sparse_impl)
+
+    def decode_sparse(self, top_acts: Tensor, top_indices: Tensor) -> Tensor:
+        """Reconstruction [tokens, d_in] from the k active latents, gathering k decoder rows per token."""
+        return topk_decode(top_acts, top_indices, self.W_dec, self.cfg.sparse_impl) + self.b_dec
+
+    def forward(self, x: Tensor, dead_mask: Tensor | None = None) -> ForwardOutput:
+        """Training pass on x [tokens, d_in]; loss = fvu + aux_coef * aux_k."""
+        x = self.check_input(x)
+        top_acts, top_indices = self.topk(x)
+        recon = self.decode_sparse(top_acts, top_indices)
+        mse, fvu = reconstruction_losses(x, recon)
+        aux_k = auxk_loss(self, x, recon, dead_mask)
+        l0 = (top_acts.detach() > 0).sum(dim=1).to(x.dtype).mean()
+        return ForwardOutput(recon, top_acts, top_indices, mse, fvu, l0, zero(fvu), aux_k,
+                             fvu + self.cfg.aux_coef * aux_k)
+
+
+def auxk_loss(sae: SAE, x: Tensor, recon: Tensor, dead_mask: Tensor | None) -> Tensor:
+    """AuxK loss (Gao et al. 2024, appendix A.2): how well the dead latents reconstruct the residual.
+
+    The top k_aux pre-activations among dead latents (dead_mask [d_sae] bool) decode, without
+    b_dec, to an estimate of the residual x - recon (detached); the squared error is divided by
+    the total variance of x, like the FVU, and scaled by min(n_dead / k_aux, 1). 0 when none are dead.
+    """
+    if dead_mask is None or not bool(dead_mask.any()):
+        return zero(recon)
+    cfg = sae.cfg
+    dead = dead_mask.nonzero().squeeze(1)
+    k_aux = min(cfg.resolved_k_aux, dead.numel())
+    scale = min(dead.numel() / cfg.resolved_k_aux, 1.0)
+    latents = sparse_encode(x, sae.W_enc[:, dead], sae.b_enc[dead], sae.b_dec, select_topk(k_aux), cfg.sparse_impl)
+    latents = SparseLatents(latents.values, dead[latents.indices], latents.offsets)
+    residual_hat = sparse_decode(latents, sae.W_dec, cfg.sparse_impl)
+    residual = (x - recon).detach()
+    total_variance = (x - x.mean(dim=0)).pow(2).sum().clamp_min(torch.finfo(x.dtype).tiny)
+    return scale * (residual_hat - residual).pow(2).sum() / total_variance

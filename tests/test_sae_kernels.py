@@ -1,0 +1,80 @@
+"""The sparse TopK/BatchTopK kernels (saekit.sae.kernels): gradchecks and agreement with dense maths."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from saekit.sae.kernels import (
+    SparseLatents, select_batch_topk, select_topk, sparse_decode, sparse_encode, topk_decode, topk_encode,
+)
+
+IMPLS = ["csr", "gather"]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("select", [select_topk(3), select_batch_topk(3)], ids=["topk", "batch_topk"])
+def test_sparse_encode_passes_gradcheck(impl, select):
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(6, 5), (5, 12), (12,), (5,)]  # x, W_enc, b_enc, b_dec
+    inputs = [torch.randn(*shape, generator=gen, dtype=torch.float64).requires_grad_() for shape in shapes]
+    assert torch.autograd.gradcheck(lambda *a: sparse_encode(*a, select=select, impl=impl).values, inputs)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_sparse_decode_passes_gradcheck_with_uneven_rows(impl):
+    gen = torch.Generator().manual_seed(0)
+    offsets = torch.tensor([0, 2, 2, 5, 6])  # token 1 has no active latent
+    indices = torch.tensor([1, 7, 0, 3, 9, 4])
+    values = torch.rand(6, generator=gen, dtype=torch.float64).requires_grad_()
+    W_dec = torch.randn(10, 3, generator=gen, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda v, w: sparse_decode(SparseLatents(v, indices, offsets), w, impl), [values, W_dec])
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_sparse_encode_decode_gradients_equal_the_dense_computation(impl):
+    gen = torch.Generator().manual_seed(1)
+    params = [torch.randn(*shape, generator=gen, dtype=torch.float64).requires_grad_()
+              for shape in ((20, 8), (8, 40), (40,), (8,), (40, 8))]
+    x, W_enc, b_enc, b_dec, W_dec = params
+    target = torch.randn(20, 8, generator=gen, dtype=torch.float64)
+
+    top_acts, top_indices = topk_encode(x, W_enc, b_enc, b_dec, 5, impl)
+    sparse_loss = (topk_decode(top_acts, top_indices, W_dec, impl) - target).pow(2).sum()
+    sparse_grads = torch.autograd.grad(sparse_loss, params)
+
+    pre = (x - b_dec) @ W_enc + b_enc
+    values, indices = pre.topk(5, dim=1)
+    dense_latents = torch.zeros_like(pre).scatter(1, indices, values.relu())
+    dense_loss = (dense_latents @ W_dec - target).pow(2).sum()
+    dense_grads = torch.autograd.grad(dense_loss, params)
+
+    assert torch.allclose(sparse_loss, dense_loss)
+    for name, got, want in zip(["x", "W_enc", "b_enc", "b_dec", "W_dec"], sparse_grads, dense_grads):
+        assert torch.allclose(got, want), name
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_topk_decode_accepts_indices_in_any_order(impl):
+    gen = torch.Generator().manual_seed(0)
+    W_dec = torch.randn(30, 4, generator=gen, dtype=torch.float64).requires_grad_()
+    top_indices = torch.stack([torch.randperm(30, generator=gen)[:5] for _ in range(8)])
+    top_acts = torch.rand(8, 5, generator=gen, dtype=torch.float64).requires_grad_()
+    dense = torch.zeros(8, 30, dtype=torch.float64).scatter(1, top_indices, top_acts)
+    assert not (top_indices.diff(dim=1) > 0).all()
+    assert torch.allclose(topk_decode(top_acts, top_indices, W_dec, impl), dense @ W_dec)
+    assert torch.autograd.gradcheck(lambda a, w: topk_decode(a, top_indices, w, impl), [top_acts, W_dec])
+
+
+def test_batch_topk_selection_keeps_the_largest_entries_of_the_whole_batch():
+    pre = torch.randn(16, 50, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    pre[3] += 10.0  # one token beats every other: its candidates all win, forcing the exact fallback
+    cutoff = pre.flatten().topk(64).values.min().item()
+    for hint, oversample in ((0.0, 1), (0.0, 4), (cutoff, 4), (cutoff * 1.5, 4), (cutoff * 3, 4)):
+        values, indices, offsets = select_batch_topk(k=4, hint=hint, oversample=oversample)(pre)
+        assert values.numel() == 64
+        assert torch.equal(values.sort().values, pre.flatten().topk(64).values.sort().values)
+        assert offsets[4] - offsets[3] == 50  # token 3 keeps all its latents, others fewer
+        rows = torch.repeat_interleave(torch.arange(16), offsets.diff())
+        assert torch.equal(pre[rows, indices], values)
