@@ -20,7 +20,9 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow" tests
 
 bench: setup
+	.venv/bin/pip install -q -e ".[bench]"
 	$(PY) bench/cache_throughput.py
+	$(PY) bench/train_throughput.py
 
 clean:
 	rm -rf runs .pytest_cache
