@@ -25,7 +25,6 @@ renamed, so a killed run leaves at worst a stray `.tmp` file).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import struct
@@ -35,6 +34,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from saekit.files import file_sha256, write_json_atomic  # noqa: F401 (re-exported)
 
 FORMAT = "saekit-activation-cache"
 FORMAT_VERSION = 1
@@ -58,16 +59,6 @@ def done_path(cache_dir: Path, index: int) -> Path:
     return Path(cache_dir) / SHARD_DIR / f"shard_{index:05d}.json"
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON to a temporary file, fsync it and rename it over `path`."""
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with tmp.open("w") as f:
-        json.dump(obj, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def read_manifest(cache_dir: str | Path) -> dict[str, Any]:
     """The manifest of a cache directory, checked to be a saekit activation cache."""
     path = Path(cache_dir) / MANIFEST
@@ -83,14 +74,6 @@ def read_manifest(cache_dir: str | Path) -> dict[str, Any]:
         raise CacheError(f"{path}: format_version {manifest['format_version']} is newer than this saekit "
                          f"reads ({FORMAT_VERSION}); upgrade saekit")
     return manifest
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def save_shard(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> int:

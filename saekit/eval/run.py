@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 from saekit.config import config_to_dict, doc
 from saekit.data import ActivationStore, CacheConfig, CacheError, cache_activations, open_shard, read_manifest
 from saekit.data.cache import hook_dims, resolve_device
-from saekit.data.shards import shard_path, write_json_atomic
+from saekit.data.shards import shard_path
+from saekit.files import write_json_atomic
 from saekit.eval.metrics import ReconstructionStats, log10_frequency_histogram
 from saekit.eval.splice import splice_losses
 from saekit.sae import SAE, load_sae_dir

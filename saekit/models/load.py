@@ -48,6 +48,7 @@ from tokenizers import Tokenizer
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from saekit.files import file_sha256
 from saekit.models.tokenizer import raw_tokenizer, read_tokenizer
 
 INIT_VARIANTS = ("trained", "random", "random-keep-embeddings", "step0", "gaussian-embeddings")
@@ -280,14 +281,6 @@ def _local_model(path: Path, init: str, device: str, dtype: torch.dtype) -> Hook
     return model
 
 
-def _file_sha256(file: Path) -> str:
-    h = hashlib.sha256()
-    with file.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def load_model(
     source: str | Path | HookedTransformerConfig,
     init: str = "trained",
@@ -318,7 +311,7 @@ def load_model(
         path = Path(str(source)).expanduser().resolve()
         trained = _local_model(path, init, device, dtype)
         weights = path / STEP0_DIR / WEIGHTS_FILE if init == "step0" else path / WEIGHTS_FILE
-        info.update(source=str(path), source_kind="local", weights_sha256=_file_sha256(weights))
+        info.update(source=str(path), source_kind="local", weights_sha256=file_sha256(weights))
     elif isinstance(source, Path) or str(source).startswith((".", "/", "~")):
         raise FileNotFoundError(f"model folder {source} does not exist")
     else:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from saekit.data.shards import write_json_atomic
+from saekit.files import write_json_atomic
 
 CHECKPOINT_DIR = "checkpoints"
 

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from saekit.config import config_to_dict
 from saekit.data import ActivationStore, CacheError, read_manifest
 from saekit.data.cache import resolve_device
-from saekit.data.shards import write_json_atomic
+from saekit.files import write_json_atomic
 from saekit.sae import SAE, SAEConfig, build_sae, fired_mask, init_b_dec, save_sae
 from saekit.sae.weights import estimate_activation_scale, normalize_decoder_, remove_parallel_decoder_grad_
 from saekit.train import dist
