@@ -84,6 +84,13 @@ def optimizer_from_flat(optimizer: torch.optim.Optimizer, tensors: dict[str, tor
     for index, scalars in meta.get("scalars", {}).items():
         state.setdefault(int(index), {}).update(scalars)
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    # Moments come back contiguous; give them their parameter's strides (W_enc is stored transposed),
+    # since fused Adam walks param, grad and moments as one memory layout.
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for key, value in optimizer.state.get(param, {}).items():
+                if isinstance(value, torch.Tensor) and value.shape == param.shape and value.stride() != param.stride():
+                    optimizer.state[param][key] = torch.empty_like(param).copy_(value)
 
 
 def rng_tensors() -> dict[str, torch.Tensor]:

@@ -61,7 +61,9 @@ def average_gradients(params: list[torch.nn.Parameter]) -> None:
     offset = 0
     for p, g in zip(params, grads):
         n = g.numel()
-        p.grad = flat[offset:offset + n].view_as(p).clone()
+        # empty_like keeps the parameter's strides: fused Adam reads param, grad and moments as one
+        # memory layout (W_enc is stored transposed).
+        p.grad = torch.empty_like(p).copy_(flat[offset:offset + n].view(p.shape))
         offset += n
 
 
