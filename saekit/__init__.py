@@ -5,3 +5,12 @@ models -> data (activation cache, ActivationStore) -> sae -> train -> eval -> ma
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """`saekit.load_sae` and `saekit.export_sae`, imported on first use so `import saekit` stays light."""
+    if name in ("load_sae", "export_sae"):
+        from saekit.sae import formats
+
+        return getattr(formats, name)
+    raise AttributeError(f"module 'saekit' has no attribute {name!r}")

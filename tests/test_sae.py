@@ -260,7 +260,7 @@ def test_geometric_median_resists_outliers_unlike_the_mean():
 
 # --- config and files -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("field, value", [("architecture", "gated"), ("d_sae", 0), ("b_dec_init", "median"),
+@pytest.mark.parametrize("field, value", [("architecture", "transcoder"), ("d_sae", 0), ("b_dec_init", "median"),
                                           ("normalize_activations", "layer_norm"), ("jumprelu_bandwidth", 0.0)])
 def test_config_rejects_bad_values_naming_the_field(field, value):
     with pytest.raises(ValueError, match=field):

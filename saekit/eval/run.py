@@ -6,7 +6,11 @@ same contexts (CE, KL); write `eval.json` and `eval_frequency.html` next to the 
 
 Held out: by default the last `n_tokens` worth of contexts of the cache, which `saekit train` leaves
 out of training with its `holdout_fraction`. Live mode (`--model NAME --dataset ...`, no cache)
-first caches the evaluation tokens into `<sae>/eval_cache`.
+first caches the evaluation tokens into `<out>/eval_cache`.
+
+The SAE is anything `saekit.load_sae` reads: a saekit/SAELens/sparsify folder, a sae-lens registry
+id `RELEASE/SAE_ID`, a sparsify hub repo. Results go to the SAE's folder, or for a registry/hub SAE
+to `runs/published/<release>/<sae_id>/` (`--out` overrides both).
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from saekit.data.shards import shard_path
 from saekit.files import write_json_atomic
 from saekit.eval.metrics import ReconstructionStats, log10_frequency_histogram
 from saekit.eval.splice import splice_losses
-from saekit.sae import SAE, load_sae_dir
+from saekit.sae import SAE
+from saekit.sae.formats import load_sae, output_dir_for
 
 EVAL_FILE = "eval.json"
 HISTOGRAM_FILE = "eval_frequency.html"
@@ -37,7 +42,10 @@ HISTOGRAM_FILE = "eval_frequency.html"
 class EvalConfig:
     """What `saekit eval` measures, on which tokens."""
 
-    sae: str = doc("SAE folder (cfg.json + sae_weights.safetensors)", "")
+    sae: str = doc("SAE: a saekit/SAELens/sparsify folder, a sae-lens registry id RELEASE/SAE_ID, or a "
+                   "sparsify hub repo OWNER/REPO/HOOKPOINT", "")
+    out: str = doc("folder for eval.json ('' = the SAE's folder; runs/published/<source> for a registry or "
+                   "hub SAE)", "")
     cache: str = doc("activation cache holding the SAE's hook point ('' = live mode with --model)", "")
     model: str = doc("model for the CE/KL splice: name or folder ('' = the one the cache names)", "")
     init: str = doc("init variant of --model (default: the cache's)", "")
@@ -75,7 +83,7 @@ def check_sae_against_cache(sae: SAE, manifest: dict[str, Any], cache: str | Pat
 def _live_cache(config: EvalConfig, sae: SAE) -> str:
     if not config.model:
         raise ValueError("saekit eval needs --cache CACHE_DIR, or --model NAME (and --dataset) to run live")
-    out = Path(config.sae) / "eval_cache"
+    out = _output_dir(config) / "eval_cache"
     cache_activations(CacheConfig(out=str(out), model=config.model, init=config.init or "trained",
                                   dataset=config.dataset, hooks=[sae.cfg.hook_name], n_tokens=config.n_tokens,
                                   device=config.device))
@@ -85,7 +93,7 @@ def _live_cache(config: EvalConfig, sae: SAE) -> str:
 def evaluate(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
     """All metrics of the SAE in `config.sae` (see the module docstring); writes eval.json when asked."""
     device = resolve_device(config.device)
-    sae = load_sae_dir(config.sae, device=device).eval()
+    sae = load_sae(config.sae, device=device).eval()
     cache = config.cache or _live_cache(config, sae)
     manifest = read_manifest(cache)
     hook = check_sae_against_cache(sae, manifest, cache)
@@ -126,9 +134,16 @@ def evaluate(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
         "config": config_to_dict(config),
     })
     if config.write:
-        write_json_atomic(Path(config.sae) / EVAL_FILE, result)
-        write_frequency_html(result, Path(config.sae) / HISTOGRAM_FILE)
+        out = _output_dir(config)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / EVAL_FILE, result)
+        write_frequency_html(result, out / HISTOGRAM_FILE)
     return result
+
+
+def _output_dir(config: EvalConfig) -> Path:
+    """Where eval.json (and a live-mode cache) go: --out, else the SAE's folder or runs/published/<source>."""
+    return Path(config.out) if config.out else output_dir_for(config.sae)
 
 
 def _context_tokens(cache: str | Path, manifest: dict[str, Any], context_range: tuple[int, int],

@@ -53,7 +53,7 @@ class SAE(nn.Module):
         W_dec /= W_dec.norm(dim=1, keepdim=True)
         # W_enc [d_in, d_sae] is stored as the transpose of a contiguous [d_sae, d_in] tensor: each
         # latent's encoder weights are contiguous, the layout the sparse backward writes its gradient in.
-        self.W_enc = nn.Parameter(W_dec.to(dtype).t())
+        self.W_enc = nn.Parameter(W_dec.to(dtype, copy=True).t())  # a copy: untied from W_dec
         self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae, dtype=dtype))
         self.W_dec = nn.Parameter(W_dec.to(dtype))
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in, dtype=dtype))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from saekit.sae.base import SAE
 from saekit.sae.batchtopk import BatchTopKSAE
 from saekit.sae.config import SAEConfig
+from saekit.sae.gated import GatedSAE
 from saekit.sae.jumprelu import JumpReLUSAE
 from saekit.sae.relu import ReLUSAE
 from saekit.sae.topk import TopKSAE
@@ -14,6 +15,7 @@ SAE_CLASSES: dict[str, type[SAE]] = {
     "topk": TopKSAE,
     "batchtopk": BatchTopKSAE,
     "jumprelu": JumpReLUSAE,
+    "gated": GatedSAE,
 }
 
 

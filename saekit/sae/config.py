@@ -11,7 +11,9 @@ from dataclasses import dataclass
 
 from saekit.config import doc
 
-ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu")
+ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu", "gated")
+# Architectures saekit loads and runs but does not train (saekit/sae/gated.py).
+INFERENCE_ONLY = ("gated",)
 B_DEC_INITS = ("mean", "geometric_median", "zeros")
 NORMALIZATIONS = ("expected_norm", "none")
 DTYPES = ("float32", "float64", "bfloat16", "float16")
@@ -24,7 +26,7 @@ class SAEConfig:
 
     architecture: str = doc(
         "relu (L1, Anthropic Apr 2024) | topk (Gao et al. 2024) | batchtopk (Bussmann et al. 2024) "
-        "| jumprelu (Rajamanoharan et al. 2024)", "topk")
+        "| jumprelu (Rajamanoharan et al. 2024) | gated (inference only: loaded from sae-lens)", "topk")
     d_in: int = doc("width of the activations the SAE reads", 512)
     d_sae: int = doc("number of latents", 8192)
     k: int = doc("topk: active latents per token; batchtopk: the average per token over a batch", 32)

@@ -7,8 +7,10 @@ apply_b_dec_to_input, normalize_activations, k for topk, metadata.hook_name), so
 b_dec [d_in] and, for jumprelu and batchtopk, threshold [d_sae].
 
 Saving folds the input normalization into the weights (weights.folded_tensors), so a saved SAE
-works on raw activations. `load_sae_dir` also reads SAELens folders of the standard, topk and
-jumprelu architectures.
+works on raw activations. `load_sae_dir` also reads SAELens folders of the standard, topk, jumprelu
+and gated architectures (their conventions mapped by saekit/sae/saelens_format.py); gated SAEs are
+saved with SAELens's gated tensors (W_enc, b_gate, r_mag, b_mag, W_dec, b_dec). Other sources
+(sparsify folders, sae-lens's registry, the hub): `saekit.sae.formats.load_sae`.
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ FORMAT_VERSION = 1
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
 # saekit architecture -> the SAELens inference architecture it is saved as.
-SAELENS_ARCHITECTURE = {"relu": "standard", "topk": "topk", "batchtopk": "jumprelu", "jumprelu": "jumprelu"}
-FROM_SAELENS = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu"}
+SAELENS_ARCHITECTURE = {"relu": "standard", "topk": "topk", "batchtopk": "jumprelu", "jumprelu": "jumprelu",
+                       "gated": "gated"}
+FROM_SAELENS = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu", "gated": "gated"}
 
 
 def save_sae(sae: SAE, path: str | Path) -> Path:
@@ -71,7 +74,7 @@ def _cfg_json(cfg: SAEConfig) -> dict[str, Any]:
 
 
 def load_sae_dir(path: str | Path, device: str | torch.device = "cpu") -> SAE:
-    """The SAE saved in folder `path` (by `save_sae`, or by SAELens for standard/topk/jumprelu).
+    """The SAE saved in folder `path` (by `save_sae`, or by SAELens: standard, topk, jumprelu, gated).
 
     Raises FileNotFoundError for a missing file and ValueError naming the field and file when
     cfg.json and the weights disagree.
@@ -85,10 +88,18 @@ def load_sae_dir(path: str | Path, device: str | torch.device = "cpu") -> SAE:
         raw = json.loads(cfg_path.read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"{cfg_path}: not valid JSON ({err})") from err
+    return sae_from_cfg_json(raw, load_file(str(weights_path)), device, cfg_path, weights_path)
+
+
+def sae_from_cfg_json(raw: dict[str, Any], tensors: dict[str, torch.Tensor], device: str | torch.device = "cpu",
+                      cfg_path: Path = Path(CFG_FILENAME), weights_path: Path = Path(WEIGHTS_FILENAME)) -> SAE:
+    """The SAE described by a parsed cfg.json (saekit's, or SAELens's) holding tensors (by SAELens name).
+
+    The paths only name the files in error messages.
+    """
     version = raw.get("format_version", FORMAT_VERSION)
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise ValueError(f"{cfg_path}: format_version {version!r} is newer than this saekit reads ({FORMAT_VERSION})")
-    tensors = load_file(str(weights_path))
     if "saekit" in raw:
         cfg = build_config(SAEConfig, raw["saekit"], source=f"{cfg_path} (saekit)")
         for name in ("d_in", "d_sae"):
@@ -97,6 +108,15 @@ def load_sae_dir(path: str | Path, device: str | torch.device = "cpu") -> SAE:
                                  f"{getattr(cfg, name)} under 'saekit'")
     else:
         cfg, tensors = _from_saelens(raw, tensors, cfg_path)
+    return sae_from_tensors(cfg, tensors, device, cfg_path, weights_path)
+
+
+def sae_from_tensors(cfg: SAEConfig, tensors: dict[str, torch.Tensor], device: str | torch.device = "cpu",
+                     cfg_path: Path = Path(CFG_FILENAME), weights_path: Path = Path(WEIGHTS_FILENAME)) -> SAE:
+    """The SAE of cfg holding tensors (named as in `SAE.inference_tensors`), cast to cfg.dtype on device.
+
+    Shapes are checked first; errors name the tensor, the cfg field and the two paths given.
+    """
     _check_tensors(cfg, tensors, cfg_path, weights_path)
     with torch.device("meta"):  # no random init of weights that are about to be overwritten
         sae = build_sae(cfg)
@@ -111,6 +131,9 @@ def _check_tensors(cfg: SAEConfig, tensors: dict[str, torch.Tensor], cfg_path: P
     expected = {"W_enc": ("d_in", "d_sae"), "b_enc": ("d_sae",), "W_dec": ("d_sae", "d_in"), "b_dec": ("d_in",)}
     if cfg.architecture in ("jumprelu", "batchtopk"):
         expected["threshold"] = ("d_sae",)
+    if cfg.architecture == "gated":
+        del expected["b_enc"]
+        expected.update(b_gate=("d_sae",), r_mag=("d_sae",), b_mag=("d_sae",))
     missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
     if missing or unexpected:
         raise ValueError(f"{weights_path}: for architecture {cfg.architecture!r} expected tensors "
@@ -124,33 +147,13 @@ def _check_tensors(cfg: SAEConfig, tensors: dict[str, torch.Tensor], cfg_path: P
             if size != wanted:
                 raise ValueError(f"{weights_path}: {name} has shape {shape} but {cfg_path.name} says "
                                  f"{dim} = {wanted} (axis {axis} of {name} is {dim}, expected shape {want})")
-    if "threshold" in tensors and cfg.architecture == "jumprelu" and bool((tensors["threshold"] <= 0).any()):
-        raise ValueError(f"{weights_path}: threshold must be > 0 for a jumprelu SAE")
+    if "threshold" in tensors and cfg.architecture == "jumprelu" and bool((tensors["threshold"] < 0).any()):
+        raise ValueError(f"{weights_path}: threshold must be >= 0 for a jumprelu SAE")
 
 
 def _from_saelens(raw: dict[str, Any], tensors: dict[str, torch.Tensor],
                   cfg_path: Path) -> tuple[SAEConfig, dict[str, torch.Tensor]]:
-    """SAEConfig and tensors from a cfg.json SAELens wrote (no 'saekit' section)."""
-    architecture = raw.get("architecture", "standard")
-    if architecture not in FROM_SAELENS:
-        raise ValueError(f"{cfg_path}: architecture {architecture!r} is not one saekit loads "
-                         f"({sorted(FROM_SAELENS)})")
-    if raw.get("normalize_activations", "none") != "none":
-        raise ValueError(f"{cfg_path}: normalize_activations {raw['normalize_activations']!r} is not supported; "
-                         "fold the scaling factor into the weights first")
-    if raw.get("rescale_acts_by_decoder_norm", False):
-        raise ValueError(f"{cfg_path}: rescale_acts_by_decoder_norm is not supported")
-    for name in ("d_in", "d_sae"):
-        if not isinstance(raw.get(name), int):
-            raise ValueError(f"{cfg_path}: {name} missing or not an integer")
-    hook_name = raw.get("hook_name") or (raw.get("metadata") or {}).get("hook_name") or ""
-    values: dict[str, Any] = {"architecture": FROM_SAELENS[architecture], "d_in": raw["d_in"],
-                              "d_sae": raw["d_sae"], "dtype": raw.get("dtype", "float32"),
-                              "hook_name": hook_name, "normalize_activations": "none", "b_dec_init": "zeros"}
-    if architecture == "topk":
-        values["k"] = int(raw["k"])
-    cfg = build_config(SAEConfig, values, source=str(cfg_path))
-    if not raw.get("apply_b_dec_to_input", True) and "b_enc" in tensors and "W_enc" in tensors:
-        # x @ W_enc + b_enc == (x - b_dec) @ W_enc + (b_enc + b_dec @ W_enc)
-        tensors = {**tensors, "b_enc": tensors["b_enc"] + tensors["b_dec"] @ tensors["W_enc"]}
-    return cfg, tensors
+    """SAEConfig and tensors from a cfg.json SAELens wrote (no 'saekit' section); see saelens_format."""
+    from saekit.sae.saelens_format import convert_saelens
+
+    return convert_saelens(raw, tensors, source=str(cfg_path))
