@@ -28,6 +28,19 @@ def _next_token_stats(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch
     return ce, log_probs
 
 
+def edit_after(edit: Callable[[torch.Tensor], torch.Tensor], start: int) -> Callable[[torch.Tensor, Any], torch.Tensor]:
+    """A TransformerLens forward hook that replaces act[:, start:] by edit(act[:, start:]).
+
+    act is [batch, pos, d]; positions before `start` (the BOS position when start = 1) are kept.
+    Shared by the CE/KL splice here and by autointerp's steering (saekit.interp TokenChange).
+    """
+    def hook(act: torch.Tensor, hook: Any) -> torch.Tensor:
+        out = act.clone()
+        out[:, start:] = edit(act[:, start:])
+        return out
+    return hook
+
+
 @torch.no_grad()
 def splice_losses(model: Any, sae: Any, hook_name: str, contexts: torch.Tensor, mean_activation: torch.Tensor,
                   skip_bos: bool, batch_size: int = 16, progress: Callable[[int], None] | None = None
@@ -44,22 +57,17 @@ def splice_losses(model: Any, sae: Any, hook_name: str, contexts: torch.Tensor, 
     n_predicted = 0
 
     def replacement(variant: str):
-        def hook(act: torch.Tensor, hook: Any) -> torch.Tensor:
-            x = act[:, start:]
+        def edit(x: torch.Tensor) -> torch.Tensor:
             if variant == "zero":
-                new = torch.zeros_like(x)
-            elif variant == "mean":
-                new = mean_activation.to(x.dtype).to(x.device).expand_as(x)
-            else:
-                flat = x.reshape(-1, x.shape[-1]).to(sae_dtype)
-                recon = sae.decode(sae.encode(flat))
-                if variant == "sae_with_error":
-                    recon = recon + (flat - recon)
-                new = recon.reshape(x.shape).to(x.dtype)
-            out = act.clone()
-            out[:, start:] = new
-            return out
-        return hook
+                return torch.zeros_like(x)
+            if variant == "mean":
+                return mean_activation.to(x.dtype).to(x.device).expand_as(x)
+            flat = x.reshape(-1, x.shape[-1]).to(sae_dtype)
+            recon = sae.decode(sae.encode(flat))
+            if variant == "sae_with_error":
+                recon = recon + (flat - recon)
+            return recon.reshape(x.shape).to(x.dtype)
+        return edit_after(edit, start)
 
     for i in range(0, len(contexts), batch_size):
         tokens = contexts[i:i + batch_size].to(device)

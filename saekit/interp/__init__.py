@@ -6,9 +6,20 @@
 
 LLM backends (llm.py; llm_http.py, llm_local.py, llm_cache.py): OpenAI-compatible HTTP and local
 transformers, with bounded concurrency, retries, an on-disk reply cache and token counts.
+
+Latent records (collect.py; scan.py, windows.py, records.py) and descriptions (explain.py;
+explain_evidence.py, prompts.py, prompts/*.txt):
+
+    from saekit.interp import CollectConfig, collect_records, load_records, ExplainConfig, explain_latents
+    records = load_records(collect_records(CollectConfig(sae="runs/sae/...", cache="runs/cache")))
+    records.examples(latent, "top")   # also "explain", "test" (quantiles), "random", "hard" negatives
+    rows = explain_latents(ExplainConfig(records=str(records.path), methods=["maxact", "vocabproj", "all"]))
 """
 
 from saekit.interp.llm import Backend, ChatResult, LLMConfig, check_reply, make_backend
+from saekit.interp.collect import CollectConfig, collect_records
+from saekit.interp.explain import ExplainConfig, explain_latents, read_explanations
+from saekit.interp.records import Example, LatentRecords, load_records
 
 __all__ = [
     "Backend",
@@ -16,4 +27,12 @@ __all__ = [
     "LLMConfig",
     "check_reply",
     "make_backend",
+    "CollectConfig",
+    "collect_records",
+    "Example",
+    "LatentRecords",
+    "load_records",
+    "ExplainConfig",
+    "explain_latents",
+    "read_explanations",
 ]
