@@ -3,6 +3,11 @@
     saekit cache [CONFIG] [--field value ...]   cache activations (saekit.data.cache_activations)
     saekit train [CONFIG] [--field value ...]   train a grid of SAEs on a cache (saekit.train.train)
     saekit eval SAE_DIR --cache CACHE          reconstruction, sparsity, CE/KL spliced (saekit.eval.evaluate)
+    saekit eval RELEASE/SAE_ID --model NAME     the same for a published SAE (sae-lens registry id, sparsify repo)
+    saekit export SAE --to saelens|sparsify OUT write an SAE in SAELens's or sparsify's layout (saekit.export_sae)
+    saekit match SAE_A SAE_B [...] [--field value ...]  latents shared across seeds (saekit.match.match_saes)
+    saekit collect SAE_DIR --cache CACHE       per-latent records: stats, top/quantile/negative examples
+    saekit explain RECORDS_DIR [--methods ...]  describe latents: MaxAct, VocabProj, TokenChange, ensembles
     saekit info PATH [--verify]                 what a cache, an SAE or a report directory holds
     saekit demo [--out DIR]                     the main job on the embedded default (make demo)
 """
@@ -49,6 +54,58 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     overrides["sae"] = args.sae_dir
     config = load_config(EvalConfig, args.config, overrides)
     print(summary_line(evaluate(config)))
+    return 0
+
+
+def _cmd_match(args: argparse.Namespace) -> int:
+    from saekit.match import MatchConfig, match_saes, summary_lines
+
+    overrides = {k: v for k, v in vars(args).items() if k not in ("verb", "config", "func", "sae_dirs")}
+    if args.sae_dirs:
+        overrides["saes"] = args.sae_dirs
+    config = load_config(MatchConfig, args.config, overrides)
+    summary = match_saes(config)
+    print("\n".join(summary_lines(summary)))
+    print(f"match directory: {config.out}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from saekit.sae.formats import export_sae
+
+    out = export_sae(args.source, args.to, args.out, hookpoint=args.hookpoint, allow_pickle=args.allow_pickle)
+    print(f"exported {args.source} to {args.to}: {out}")
+    return 0
+
+
+def _cmd_collect(args: argparse.Namespace) -> int:
+    from saekit.interp.collect import CollectConfig, collect_records
+    from saekit.interp.records import load_records
+
+    overrides = {k: v for k, v in vars(args).items() if k not in ("verb", "config", "func", "sae_dir")}
+    if args.sae_dir:
+        overrides["sae"] = args.sae_dir
+    config = load_config(CollectConfig, args.config, overrides)
+    out = collect_records(config)
+    meta = load_records(out).meta
+    print(f"records {out}: {meta['n_latents']} latents "
+          f"over {meta['n_tokens']:,} tokens ({meta['n_dead']} never active), examples {meta['examples']}, "
+          f"{meta['seconds']:.0f} s")
+    return 0
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from saekit.interp.explain import ExplainConfig, explain_latents
+
+    overrides = {k: v for k, v in vars(args).items() if k not in ("verb", "config", "func", "records_dir")}
+    if args.records_dir:
+        overrides["records"] = args.records_dir
+    config = load_config(ExplainConfig, args.config, overrides)
+    rows = explain_latents(config)
+    print(f"{len(rows)} explanations ({', '.join(config.methods)}) of "
+          f"{len({r['latent'] for r in rows})} latents, backend {rows[0]['backend'] if rows else '-'}")
+    for row in rows[:6]:
+        print(f"  latent {row['latent']} {row['method']}: {row['description'][:160]}")
     return 0
 
 
@@ -122,6 +179,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from saekit.data import CacheConfig
     from saekit.eval import EvalConfig
+    from saekit.interp.collect import CollectConfig
+    from saekit.interp.explain import ExplainConfig
+    from saekit.match import MatchConfig
     from saekit.train import TrainConfig
 
     parser = argparse.ArgumentParser(prog="saekit", description=__doc__,
@@ -139,10 +199,38 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=_cmd_train)
 
     evaluate = verbs.add_parser("eval", help="evaluate an SAE: reconstruction, sparsity, CE/KL spliced into the model")
-    evaluate.add_argument("sae_dir", help="SAE folder (cfg.json + sae_weights.safetensors)")
+    evaluate.add_argument("sae_dir", help="SAE: a saekit/SAELens/sparsify folder, or a published SAE: a sae-lens "
+                                          "registry id RELEASE/SAE_ID or a sparsify hub repo OWNER/REPO/HOOKPOINT")
     evaluate.add_argument("--config", help="a TOML/YAML config file (fields of EvalConfig)")
     add_config_args(evaluate, EvalConfig)
     evaluate.set_defaults(func=_cmd_eval)
+
+    match = verbs.add_parser("match", help="match the latents of SAEs trained with different seeds (shared fraction)")
+    match.add_argument("sae_dirs", nargs="*", help="SAE folders; the first is the reference (or --saes / config)")
+    match.add_argument("--config", help="a TOML/YAML config file (fields of MatchConfig)")
+    add_config_args(match, MatchConfig)
+    match.set_defaults(func=_cmd_match)
+
+    export = verbs.add_parser("export", help="write an SAE in SAELens's or sparsify's layout")
+    export.add_argument("source", help="SAE: folder (saekit, SAELens, sparsify), RELEASE/SAE_ID, or hub repo")
+    export.add_argument("out", help="folder to write")
+    export.add_argument("--to", required=True, choices=("saelens", "sparsify"), help="layout to write")
+    export.add_argument("--hookpoint", default=None, help="which SAE of a sparsify multi-hookpoint checkpoint")
+    export.add_argument("--allow-pickle", action="store_true",
+                        help="read weights stored only as a pickle (.pt/.bin), with torch.load(weights_only=True)")
+    export.set_defaults(func=_cmd_export)
+
+    collect = verbs.add_parser("collect", help="latent records: frequency, mean/max, top, quantile and negative examples")
+    collect.add_argument("sae_dir", nargs="?", help="SAE folder (or a published SAE id; or --sae / config)")
+    collect.add_argument("--config", help="a TOML/YAML config file (fields of CollectConfig)")
+    add_config_args(collect, CollectConfig)
+    collect.set_defaults(func=_cmd_collect)
+
+    explain = verbs.add_parser("explain", help="describe latents: MaxAct, VocabProj, TokenChange, ensembles (raw or LLM)")
+    explain.add_argument("records_dir", nargs="?", help="records directory from `saekit collect` (or the SAE folder)")
+    explain.add_argument("--config", help="a TOML/YAML config file (fields of ExplainConfig)")
+    add_config_args(explain, ExplainConfig)
+    explain.set_defaults(func=_cmd_explain)
 
     info = verbs.add_parser("info", help="print what a cache, SAE or run directory holds")
     info.add_argument("path")

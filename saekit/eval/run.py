@@ -131,6 +131,7 @@ def evaluate(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
         "cache": str(cache), "context_range": list(context_range), "dataset": manifest.get("dataset", {}),
         "model": manifest.get("model", {}), "seconds": round(time.time() - started, 2),
         "frequency_histogram": log10_frequency_histogram(stats.frequency()),
+        "latent_frequency": stats.frequency().tolist(),  # [d_sae], read by saekit match
         "config": config_to_dict(config),
     })
     if config.write:

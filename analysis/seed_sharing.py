@@ -1,0 +1,311 @@
+"""Seed sharing (Paulo & Belrose 2025) at small scale: train K seeds of SAEs at several widths, k,
+training lengths and two architectures on one cache per model, match the seeds, write a report.
+
+    python analysis/seed_sharing.py analysis/configs/seed_sharing.toml [--out DIR] [--field value ...]
+
+Steps, per model (the tiny LM trained, and a random-init copy of it, by default):
+1. cache its activations at `hook` (`saekit cache`; reused when the cache exists);
+2. train through `saekit train`: the TopK grid widths x ks x seeds in one pass; ReLU-L1 at
+   `sweep_width`; TopK at `sweep_width` for each shorter entry of `tokens`;
+3. match the seeds of every setting (`saekit match`), one match directory each;
+4. write OUT/report: results.csv (one row per model and setting), figures.html (shared fraction vs
+   width, k, tokens, architecture and threshold; matched-cosine histograms), report.md (the numbers
+   next to the paper's, the directions and the sanity checks) and summary.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from saekit.config import add_config_args, config_to_dict, doc, load_config
+
+PAPER = {  # Paulo & Belrose 2025, Pythia-160m MLP 6, TopK k=32, 8B tokens (read off their figures)
+    "width": "32 / 768 / 4,096 / 32,768 / 131,072 latents: 0.81 / 0.79 / 0.70 / 0.42 / 0.28",
+    "k": "k 32 / 64 / 128 / 256 (32K latents): 0.42 / 0.31 / 0.23 / 0.18",
+    "tokens": "0.8B / 8B / 80B tokens: 0.07 / 0.42 / 0.61",
+    "architecture": "Gated / ReLU-L1 / TopK: 0.86 / 0.82 / 0.74",
+    "cosines": "mean Hungarian cosine, decoder 0.82 (32) -> 0.68 (32K) -> 0.60 (131K); encoder lower "
+               "(0.84 -> 0.59 -> 0.52)",
+}
+
+
+@dataclass
+class SeedSharingConfig:
+    """The sweep: models, cache, SAE grid, training lengths, matching."""
+
+    out: str = doc("run directory (caches, SAEs, matches, report/)", "runs/seed-sharing")
+    model: str = doc("model of the caches: 'tiny' (the offline tiny LM), a model folder or a TL name", "tiny")
+    inits: list[str] = doc("init variants to compare, e.g. trained, random", default_factory=lambda: ["trained", "random"])
+    caches: dict[str, str] = doc("existing caches by label instead of caching the model ({label = path})",
+                                 default_factory=dict)
+    hook: str = doc("hook point", "blocks.1.hook_resid_post")
+    dataset: str = doc("dataset to cache", "stdlib-docstrings")
+    cache_tokens: int = doc("tokens to cache per model", 300_000)
+    cache_dtype: str = doc("dtype of the cached activations: float32 | float16 | bfloat16", "float32")
+    seeds: list[int] = doc("SAE seeds (K >= 2)", default_factory=lambda: [0, 1])
+    widths: list[int] = doc("TopK widths (d_sae)", default_factory=lambda: [128, 512, 2048])
+    ks: list[int] = doc("TopK k values (every width is trained with every k)", default_factory=lambda: [8, 32])
+    sweep_width: int = doc("the width of the ReLU and training-length comparisons", 512)
+    tokens: list[int] = doc("training tokens; the largest trains the grid, the others only sweep_width",
+                            default_factory=lambda: [100_000, 400_000])
+    relu_l1_coef: float = doc("ReLU-L1 SAE's L1 coefficient", 5.0)
+    batch_size: int = doc("training batch (tokens)", 2048)
+    threshold: float = doc("shared-latent cosine threshold", 0.7)
+    device: str = doc("auto | cpu | cuda", "auto")
+
+    def __post_init__(self) -> None:
+        if len(self.seeds) < 2:
+            raise ValueError(f"SeedSharingConfig.seeds needs at least two seeds, got {self.seeds}")
+        if not self.tokens or not self.widths or not self.ks:
+            raise ValueError("SeedSharingConfig.tokens, widths and ks must each list at least one value")
+
+
+def build_caches(config: SeedSharingConfig) -> dict[str, str]:
+    """{label: cache dir}: the given caches, or one cache per init variant of the model."""
+    if config.caches:
+        return dict(config.caches)
+    from saekit.data import CacheConfig, cache_activations
+    from saekit.data.shards import read_manifest
+
+    caches = {}
+    for init in config.inits:
+        out = Path(config.out) / f"cache-{init}"
+        if not (out / "manifest.json").exists() or not read_manifest(out).get("complete"):
+            print(f"[seed-sharing] caching {config.cache_tokens:,} tokens of {config.model} ({init})", flush=True)
+            cache_activations(CacheConfig(out=str(out), model=config.model, init=init, hooks=[config.hook],
+                                          n_tokens=config.cache_tokens, dataset=config.dataset,
+                                          dtype=config.cache_dtype, device=config.device), progress=False)
+        caches[init] = str(out)
+    return caches
+
+
+def train_runs(config: SeedSharingConfig) -> list[dict[str, Any]]:
+    """The training runs per cache: name, architecture, d_sae, k and n_tokens lists."""
+    longest = max(config.tokens)
+    runs = [{"name": "topk", "architecture": "topk", "d_sae": config.widths, "k": config.ks, "n_tokens": longest},
+            {"name": "relu", "architecture": "relu", "d_sae": [config.sweep_width], "k": [config.ks[0]],
+             "n_tokens": longest, "sae": {"l1_coef": config.relu_l1_coef}}]
+    for n_tokens in sorted(set(config.tokens) - {longest}):
+        runs.append({"name": f"topk-{n_tokens}", "architecture": "topk", "d_sae": [config.sweep_width],
+                     "k": [config.ks[0]], "n_tokens": n_tokens})
+    return runs
+
+
+def train_and_match(config: SeedSharingConfig, label: str, cache: str) -> list[dict[str, Any]]:
+    """Train every run on `cache`, match the seeds of each setting; one result row per setting."""
+    from saekit.match import MatchConfig, match_saes
+    from saekit.train import TrainConfig, train
+
+    rows = []
+    for run in train_runs(config):
+        out = Path(config.out) / "train" / label / run["name"]
+        started = time.time()
+        train(TrainConfig(cache=cache, out=str(out), hooks=[config.hook], architecture=run["architecture"],
+                          d_sae=run["d_sae"], k=run["k"], seeds=config.seeds, sae=run.get("sae", {}),
+                          n_tokens=run["n_tokens"], batch_size=config.batch_size, checkpoint_every=0,
+                          warmup_steps=50, dead_tokens=max(config.batch_size * 50, run["n_tokens"] // 4),
+                          device=config.device), progress=False)
+        print(f"[seed-sharing] {label}/{run['name']}: trained in {time.time() - started:.0f} s", flush=True)
+        for d_sae in run["d_sae"]:
+            for k in run["k"]:
+                suffix = f"-k{k}" if run["architecture"] == "topk" else ""
+                saes = [str(out / config.hook / f"{run['architecture']}-{d_sae}{suffix}-seed{s}") for s in config.seeds]
+                match_dir = Path(config.out) / "match" / label / f"{run['name']}-{d_sae}{suffix}"
+                summary = match_saes(MatchConfig(saes=saes, out=str(match_dir), threshold=config.threshold,
+                                                 device=config.device, cache=cache, n_tokens=50_000), progress=False)
+                rows.append(result_row(label, run, d_sae, k, saes, summary))
+                print(f"[seed-sharing] {label} {run['architecture']} d_sae={d_sae} k={k} tokens={run['n_tokens']:,}: "
+                      f"shared {rows[-1]['fraction_shared']:.3f}", flush=True)
+    return rows
+
+
+def result_row(label: str, run: dict[str, Any], d_sae: int, k: int, saes: list[str],
+               summary: dict[str, Any]) -> dict[str, Any]:
+    """One row of results.csv: the setting and its numbers averaged over the seed pairs."""
+    pairs = list(summary["pairs"].values())
+
+    def mean(get: Any) -> float:
+        values = [v for v in (get(p) for p in pairs) if v is not None]
+        return float(np.mean(values)) if values else float("nan")
+
+    metrics = [json.loads((Path(s) / "metrics.json").read_text()) for s in saes]
+    return {
+        "model": label, "architecture": run["architecture"], "d_sae": d_sae,
+        "k": k if run["architecture"] == "topk" else None, "n_tokens": run["n_tokens"],
+        "fraction_shared": mean(lambda p: p["fraction_shared"]),
+        "fraction_shared_with_all": summary["seeds"]["reference"]["fraction_shared_with_all"],
+        "decoder_mean_cos": mean(lambda p: p["decoder"]["mean_matched_cos"]),
+        "encoder_mean_cos": mean(lambda p: p["encoder"]["mean_matched_cos"]),
+        "decoder_mean_max_cos": mean(lambda p: p["decoder"]["mean_max_cos"]),
+        "encoder_mean_max_cos": mean(lambda p: p["encoder"]["mean_max_cos"]),
+        "activation_corr_shared": mean(lambda p: p.get("activation_corr", {}).get("shared")),
+        "activation_corr_orphan": mean(lambda p: p.get("activation_corr", {}).get("orphan")),
+        "log10_freq_shared": mean(lambda p: p.get("mean_log10_frequency", {}).get("shared")),
+        "log10_freq_orphan": mean(lambda p: p.get("mean_log10_frequency", {}).get("orphan")),
+        "fvu": float(np.mean([m.get("fvu", np.nan) for m in metrics])),
+        "l0": float(np.mean([m.get("l0", np.nan) for m in metrics])),
+        "dead_fraction": float(np.mean([m.get("dead_fraction", np.nan) for m in metrics])),
+        "threshold_curve": [float(np.mean(c)) for c in zip(*(p["threshold_curve"] for p in pairs))],
+        "decoder_histogram": [int(sum(c)) for c in zip(*(p["decoder"]["histogram"] for p in pairs))],
+        "encoder_histogram": [int(sum(c)) for c in zip(*(p["encoder"]["histogram"] for p in pairs))],
+    }
+
+
+def _sel(rows: list[dict[str, Any]], **where: Any) -> list[dict[str, Any]]:
+    return [r for r in rows if all(r[k] == v for k, v in where.items())]
+
+
+def directions(rows: list[dict[str, Any]], config: SeedSharingConfig) -> list[dict[str, Any]]:
+    """The paper's directions and the sanity checks, each with the numbers it rests on."""
+    longest, k0 = max(config.tokens), config.ks[0]
+    checks = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        topk = _sel(rows, model=model, architecture="topk", n_tokens=longest)
+        for k in config.ks:
+            by_width = sorted(_sel(topk, k=k), key=lambda r: r["d_sae"])
+            if len(by_width) > 1:
+                values = [round(r["fraction_shared"], 3) for r in by_width]
+                checks.append({"model": model, "claim": f"falls as width grows (k={k})", "paper": PAPER["width"],
+                               "ours": dict(zip([r["d_sae"] for r in by_width], values)), "holds": values[0] > values[-1]})
+        for d_sae in config.widths:
+            by_k = sorted(_sel(topk, d_sae=d_sae), key=lambda r: r["k"])
+            if len(by_k) > 1:
+                values = [round(r["fraction_shared"], 3) for r in by_k]
+                checks.append({"model": model, "claim": f"falls as k grows (d_sae={d_sae})", "paper": PAPER["k"],
+                               "ours": dict(zip([r["k"] for r in by_k], values)), "holds": values[0] > values[-1]})
+        by_tokens = sorted(_sel(rows, model=model, architecture="topk", d_sae=config.sweep_width, k=k0),
+                           key=lambda r: r["n_tokens"])
+        if len(by_tokens) > 1:
+            values = [round(r["fraction_shared"], 3) for r in by_tokens]
+            checks.append({"model": model, "claim": "rises with training tokens", "paper": PAPER["tokens"],
+                           "ours": dict(zip([r["n_tokens"] for r in by_tokens], values)), "holds": values[-1] > values[0]})
+        relu = _sel(rows, model=model, architecture="relu")
+        same = _sel(topk, d_sae=config.sweep_width, k=k0)
+        if relu and same:
+            checks.append({"model": model, "claim": "ReLU-L1 shares more than TopK", "paper": PAPER["architecture"],
+                           "ours": {"relu": round(relu[0]["fraction_shared"], 3), "topk": round(same[0]["fraction_shared"], 3)},
+                           "holds": relu[0]["fraction_shared"] > same[0]["fraction_shared"]})
+    for r in rows:
+        name = f"{r['model']} {r['architecture']} {r['d_sae']} k={r['k']} {r['n_tokens']:,} tokens"
+        checks.append({"model": r["model"], "claim": f"sanity: Hungarian mean <= mean max-cosine ({name})",
+                       "ours": {"decoder": [round(r["decoder_mean_cos"], 3), round(r["decoder_mean_max_cos"], 3)],
+                                "encoder": [round(r["encoder_mean_cos"], 3), round(r["encoder_mean_max_cos"], 3)]},
+                       "holds": r["decoder_mean_cos"] <= r["decoder_mean_max_cos"] + 1e-6
+                       and r["encoder_mean_cos"] <= r["encoder_mean_max_cos"] + 1e-6})
+        checks.append({"model": r["model"], "claim": f"sanity: encoder cosines below decoder ({name})",
+                       "paper": PAPER["cosines"],
+                       "ours": {"decoder": round(r["decoder_mean_cos"], 3), "encoder": round(r["encoder_mean_cos"], 3)},
+                       "holds": r["encoder_mean_cos"] < r["decoder_mean_cos"]})
+    return checks
+
+
+def figures(rows: list[dict[str, Any]], config: SeedSharingConfig) -> list[Any]:
+    """Plotly figures: shared fraction vs width, k, tokens, architecture and threshold; histograms."""
+    import plotly.graph_objects as go
+
+    longest, k0 = max(config.tokens), config.ks[0]
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    figs = []
+
+    def line_figure(title: str, x_title: str, series: dict[str, tuple[list, list]], log_x: bool = False) -> Any:
+        fig = go.Figure([go.Scatter(x=x, y=y, mode="lines+markers", name=name) for name, (x, y) in series.items()])
+        fig.update_layout(title=title, xaxis_title=x_title, yaxis_title="fraction shared", yaxis_range=[0, 1.02])
+        if log_x:
+            fig.update_xaxes(type="log")
+        return fig
+
+    def xy(selected: list[dict[str, Any]], key: str) -> tuple[list, list]:
+        selected = sorted(selected, key=lambda r: r[key])
+        return [r[key] for r in selected], [r["fraction_shared"] for r in selected]
+
+    figs.append(line_figure("Shared fraction vs width (TopK)", "d_sae", {
+        f"{m} k={k}": xy(_sel(rows, model=m, architecture="topk", k=k, n_tokens=longest), "d_sae")
+        for m in models for k in config.ks}, log_x=True))
+    figs.append(line_figure("Shared fraction vs k (TopK)", "k", {
+        f"{m} d_sae={w}": xy(_sel(rows, model=m, architecture="topk", d_sae=w, n_tokens=longest), "k")
+        for m in models for w in config.widths}))
+    figs.append(line_figure(f"Shared fraction vs training tokens (TopK d_sae={config.sweep_width}, k={k0})", "tokens", {
+        m: xy(_sel(rows, model=m, architecture="topk", d_sae=config.sweep_width, k=k0), "n_tokens") for m in models}))
+    bars = go.Figure()
+    for arch, k in (("relu", None), ("topk", k0)):
+        values = [next((r["fraction_shared"] for r in _sel(rows, model=m, architecture=arch, d_sae=config.sweep_width,
+                                                           n_tokens=longest) if k is None or r["k"] == k), None)
+                  for m in models]
+        bars.add_trace(go.Bar(x=models, y=values, name=arch))
+    bars.update_layout(title=f"ReLU-L1 vs TopK (d_sae={config.sweep_width})", yaxis_title="fraction shared")
+    figs.append(bars)
+    from saekit.match.summary import CURVE_THRESHOLDS, HISTOGRAM_EDGES
+
+    figs.append(line_figure("Shared fraction vs threshold (TopK)", "threshold", {
+        f"{r['model']} d_sae={r['d_sae']} k={r['k']}": (CURVE_THRESHOLDS, r["threshold_curve"])
+        for r in _sel(rows, architecture="topk", n_tokens=longest)}))
+    centers = [(a + b) / 2 for a, b in zip(HISTOGRAM_EDGES[:-1], HISTOGRAM_EDGES[1:])]
+    hist = go.Figure()
+    for r in _sel(rows, architecture="topk", d_sae=config.sweep_width, k=k0, n_tokens=longest):
+        for which in ("decoder", "encoder"):
+            hist.add_trace(go.Scatter(x=centers, y=r[f"{which}_histogram"], mode="lines", line_shape="hvh",
+                                      name=f"{r['model']} {which}"))
+    hist.update_layout(title=f"Matched cosines (TopK d_sae={config.sweep_width}, k={k0})", xaxis_title="cosine",
+                       yaxis_title="latents")
+    figs.append(hist)
+    return figs
+
+
+def write_report(rows: list[dict[str, Any]], config: SeedSharingConfig, out: Path, seconds: float) -> Path:
+    """report/: results.csv, summary.json, figures.html and report.md (the closing note)."""
+    import pandas as pd
+
+    out.mkdir(parents=True, exist_ok=True)
+    flat = [{k: v for k, v in r.items() if not isinstance(v, list)} for r in rows]
+    pd.DataFrame(flat).to_csv(out / "results.csv", index=False)
+    checks = directions(rows, config)
+    (out / "summary.json").write_text(json.dumps({"config": config_to_dict(config), "rows": rows, "checks": checks,
+                                                   "paper": PAPER, "seconds": round(seconds, 1)}, indent=2) + "\n")
+    body = [f.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, f in enumerate(figures(rows, config))]
+    (out / "figures.html").write_text("<!DOCTYPE html><html><head><meta charset='utf-8'><title>seed sharing</title>"
+                                      "</head><body>" + "\n".join(body) + "</body></html>")
+    lines = ["# Seed sharing at small scale", "",
+             f"Model `{config.model}` ({', '.join(dict.fromkeys(r['model'] for r in rows))}), hook `{config.hook}`, "
+             f"seeds {config.seeds}, threshold {config.threshold}; {seconds / 60:.1f} minutes in all.", "",
+             "| model | arch | d_sae | k | tokens | shared | with all | dec cos | enc cos | dec max | fvu | l0 | dead |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['architecture']} | {r['d_sae']} | {r['k'] or '-'} | {r['n_tokens']:,} | "
+                     f"{r['fraction_shared']:.3f} | {r['fraction_shared_with_all']:.3f} | {r['decoder_mean_cos']:.3f} | "
+                     f"{r['encoder_mean_cos']:.3f} | {r['decoder_mean_max_cos']:.3f} | {r['fvu']:.3f} | {r['l0']:.1f} | "
+                     f"{r['dead_fraction']:.3f} |")
+    lines += ["", "## The paper's directions, and sanity checks", "", "| model | claim | ours | paper | holds |",
+              "|---|---|---|---|---|"]
+    for c in checks:
+        lines.append(f"| {c['model']} | {c['claim']} | {json.dumps(c['ours'])} | {c.get('paper', '')} | "
+                     f"{'yes' if c['holds'] else 'NO'} |")
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("config", nargs="?", help="a TOML/YAML file with SeedSharingConfig fields")
+    add_config_args(parser, SeedSharingConfig)
+    args = parser.parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if k != "config"}
+    config = load_config(SeedSharingConfig, args.config, overrides)
+    started = time.time()
+    rows = []
+    for label, cache in build_caches(config).items():
+        rows += train_and_match(config, label, cache)
+    report = write_report(rows, config, Path(config.out) / "report", seconds=time.time() - started)
+    print(f"[seed-sharing] report: {report} ({time.time() - started:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
