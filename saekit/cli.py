@@ -17,16 +17,25 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 from pathlib import Path
 
 from saekit.config import add_config_args, load_config
 
 
+def _config(cls: type, args: argparse.Namespace, positional: str = "", field: str = "") -> Any:
+    """The verb's config: its file (if any), then the options given, then the positional argument."""
+    skip = {"verb", "config", "func", positional}
+    overrides = {k: v for k, v in vars(args).items() if k not in skip}
+    if positional and getattr(args, positional):
+        overrides[field] = getattr(args, positional)
+    return load_config(cls, args.config, overrides)
+
+
 def _cmd_cache(args: argparse.Namespace) -> int:
     from saekit.data import CacheConfig, cache_activations
 
-    overrides = {k: v for k, v in vars(args).items() if k not in ("verb", "config", "func")}
-    config = load_config(CacheConfig, args.config, overrides)
+    config = _config(CacheConfig, args)
     manifest = cache_activations(config)
     print(f"cache {config.out}: {manifest['n_tokens']:,} tokens, {manifest['n_shards']} shards, "
           f"hooks {manifest['hooks']}")
@@ -36,8 +45,7 @@ def _cmd_cache(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from saekit.train import TrainConfig, train
 
-    overrides = {k: v for k, v in vars(args).items() if k not in ("verb", "config", "func")}
-    config = load_config(TrainConfig, args.config, overrides)
+    config = _config(TrainConfig, args)
     folders = train(config)
     if int(__import__("os").environ.get("RANK", 0)) == 0:
         for folder in folders:
@@ -50,9 +58,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from saekit.eval import EvalConfig, evaluate, summary_line
 
-    overrides = {k: v for k, v in vars(args).items() if k not in ("verb", "config", "func", "sae_dir")}
-    overrides["sae"] = args.sae_dir
-    config = load_config(EvalConfig, args.config, overrides)
+    config = _config(EvalConfig, args, "sae_dir", "sae")
     print(summary_line(evaluate(config)))
     return 0
 
@@ -60,10 +66,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_match(args: argparse.Namespace) -> int:
     from saekit.match import MatchConfig, match_saes, summary_lines
 
-    overrides = {k: v for k, v in vars(args).items() if k not in ("verb", "config", "func", "sae_dirs")}
-    if args.sae_dirs:
-        overrides["saes"] = args.sae_dirs
-    config = load_config(MatchConfig, args.config, overrides)
+    config = _config(MatchConfig, args, "sae_dirs", "saes")
     summary = match_saes(config)
     print("\n".join(summary_lines(summary)))
     print(f"match directory: {config.out}")
@@ -82,10 +85,7 @@ def _cmd_collect(args: argparse.Namespace) -> int:
     from saekit.interp.collect import CollectConfig, collect_records
     from saekit.interp.records import load_records
 
-    overrides = {k: v for k, v in vars(args).items() if k not in ("verb", "config", "func", "sae_dir")}
-    if args.sae_dir:
-        overrides["sae"] = args.sae_dir
-    config = load_config(CollectConfig, args.config, overrides)
+    config = _config(CollectConfig, args, "sae_dir", "sae")
     out = collect_records(config)
     meta = load_records(out).meta
     print(f"records {out}: {meta['n_latents']} latents "
@@ -97,10 +97,7 @@ def _cmd_collect(args: argparse.Namespace) -> int:
 def _cmd_explain(args: argparse.Namespace) -> int:
     from saekit.interp.explain import ExplainConfig, explain_latents
 
-    overrides = {k: v for k, v in vars(args).items() if k not in ("verb", "config", "func", "records_dir")}
-    if args.records_dir:
-        overrides["records"] = args.records_dir
-    config = load_config(ExplainConfig, args.config, overrides)
+    config = _config(ExplainConfig, args, "records_dir", "records")
     rows = explain_latents(config)
     print(f"{len(rows)} explanations ({', '.join(config.methods)}) of "
           f"{len({r['latent'] for r in rows})} latents, backend {rows[0]['backend'] if rows else '-'}")
