@@ -78,3 +78,28 @@ def test_batch_topk_selection_keeps_the_largest_entries_of_the_whole_batch():
         assert offsets[4] - offsets[3] == 50  # token 3 keeps all its latents, others fewer
         rows = torch.repeat_interleave(torch.arange(16), offsets.diff())
         assert torch.equal(pre[rows, indices], values)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_bf16_autocast_with_float32_parameters_matches_float32(impl):
+    """The GPU training setting (float32 parameters, bf16 autocast), run here on the CPU: the encoder
+    product is 16-bit, the sparse rest runs in float32, and gradients land in float32 close to the
+    float32 computation's."""
+    gen = torch.Generator().manual_seed(2)
+    params = [torch.randn(*shape, generator=gen).requires_grad_()
+              for shape in ((64, 32), (32, 256), (256,), (32,), (256, 32))]
+    x, W_enc, b_enc, b_dec, W_dec = params
+
+    def loss_and_grads():
+        top_acts, top_indices = topk_encode(x, W_enc, b_enc, b_dec, 8, impl)
+        loss = topk_decode(top_acts, top_indices, W_dec, impl).float().pow(2).sum()
+        return loss, torch.autograd.grad(loss, params)
+
+    want_loss, want_grads = loss_and_grads()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got_loss, got_grads = loss_and_grads()
+    assert abs(got_loss.item() - want_loss.item()) / want_loss.item() < 0.05
+    for name, got, want in zip(["x", "W_enc", "b_enc", "b_dec", "W_dec"], got_grads, want_grads):
+        assert got.dtype == torch.float32, name
+        cos = torch.nn.functional.cosine_similarity(got.flatten(), want.flatten(), dim=0)
+        assert cos > 0.95, (name, cos.item())

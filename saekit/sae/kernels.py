@@ -160,6 +160,12 @@ def select_threshold(threshold: Tensor) -> Selection:
     return select
 
 
+def _no_autocast(like: Tensor) -> torch.autocast:
+    """Autocast off on like's device: the sparse products run in the parameters' dtype (CPU's MKL
+    and embedding_bag need one dtype; under autocast `@` would cast a CSR product to 16 bits)."""
+    return torch.autocast(like.device.type, enabled=False)
+
+
 def _csr(offsets: Tensor, indices: Tensor, values: Tensor, n_cols: int) -> Tensor:
     with warnings.catch_warnings():  # torch's one-time "sparse CSR support is in beta" warning
         warnings.simplefilter("ignore", UserWarning)
@@ -230,7 +236,9 @@ class SparseEncode(torch.autograd.Function):
         pre = (centered @ W_enc).add_(b_enc)  # cheaper than addmm's broadcast copy of b_enc on CPU
         values, indices, offsets = select(pre)
         del pre
-        acts = values.relu()
+        # Under autocast the product (and so `values`) is 16-bit: the sparse rest runs in the
+        # parameters' dtype, with autocast off (`_no_autocast`), as the sparse kernels need.
+        acts = values.to(W_enc.dtype).relu()
         ctx.impl = impl
         ctx.save_for_backward(centered, W_enc, acts, indices, offsets)
         ctx.mark_non_differentiable(indices, offsets)
@@ -239,17 +247,18 @@ class SparseEncode(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_acts: Tensor, _grad_indices: Tensor | None, _grad_offsets: Tensor | None):
         centered, W_enc, acts, indices, offsets = ctx.saved_tensors
-        grad_pre = SparseLatents(grad_acts * (acts > 0), indices, offsets)
+        grad_pre = SparseLatents(grad_acts.to(acts.dtype) * (acts > 0), indices, offsets)
         need_x, need_w, need_b_enc, need_b_dec = ctx.needs_input_grad[:4]
         grad_x = grad_w = grad_b_enc = grad_b_dec = None
-        if need_w:
-            grad_w = _transpose_times(grad_pre, centered, W_enc.shape[1], ctx.impl).t()
-        if need_b_enc or need_b_dec:
-            grad_b_enc = grad_pre.values.new_zeros(W_enc.shape[1]).index_add_(0, indices, grad_pre.values)
-        if need_x:
-            grad_x = _times(grad_pre, W_enc.t(), ctx.impl)
-        if need_b_dec:  # -sum over tokens of grad_x, computed without grad_x when x needs none
-            grad_b_dec = -(W_enc @ grad_b_enc)
+        with _no_autocast(acts):
+            if need_w:
+                grad_w = _transpose_times(grad_pre, centered, W_enc.shape[1], ctx.impl).t()
+            if need_b_enc or need_b_dec:
+                grad_b_enc = grad_pre.values.new_zeros(W_enc.shape[1]).index_add_(0, indices, grad_pre.values)
+            if need_x:
+                grad_x = _times(grad_pre, W_enc.t(), ctx.impl)
+            if need_b_dec:  # -sum over tokens of grad_x, computed without grad_x when x needs none
+                grad_b_dec = -(W_enc @ grad_b_enc)
         return grad_x, grad_w, grad_b_enc if need_b_enc else None, grad_b_dec, None, None
 
 
@@ -260,17 +269,19 @@ class SparseDecode(torch.autograd.Function):
     def forward(ctx, values: Tensor, indices: Tensor, offsets: Tensor, W_dec: Tensor, impl: str) -> Tensor:
         ctx.impl = impl
         ctx.save_for_backward(values, indices, offsets, W_dec)
-        return _times(SparseLatents(values, indices, offsets), W_dec, impl)
+        with _no_autocast(W_dec):
+            return _times(SparseLatents(values, indices, offsets), W_dec, impl)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         values, indices, offsets, W_dec = ctx.saved_tensors
-        grad_out = grad_out.contiguous()
+        grad_out = grad_out.to(W_dec.dtype).contiguous()
         grad_values = grad_w = None
-        if ctx.needs_input_grad[0]:
-            grad_values = _row_dots(SparseLatents(values, indices, offsets), grad_out, W_dec, ctx.impl)
-        if ctx.needs_input_grad[3]:
-            grad_w = _transpose_times(SparseLatents(values, indices, offsets), grad_out, W_dec.shape[0], ctx.impl)
+        with _no_autocast(W_dec):
+            if ctx.needs_input_grad[0]:
+                grad_values = _row_dots(SparseLatents(values, indices, offsets), grad_out, W_dec, ctx.impl)
+            if ctx.needs_input_grad[3]:
+                grad_w = _transpose_times(SparseLatents(values, indices, offsets), grad_out, W_dec.shape[0], ctx.impl)
         return grad_values, None, None, grad_w, None
 
 
