@@ -1,35 +1,42 @@
 """Tokens/s of one TopK SAE training step for saekit, sae-lens and eai-sparsify, and of `saekit train`.
 
 1. The step, side by side in one run, for each config (d_in, d_sae, k, batch): random activations
-   in memory, float32 (or bf16 autocast with `--dtype bfloat16`), AuxK on in every implementation:
-   the same fixed random `--dead-fraction` of the latents (default half) is marked dead before each
-   step through each library's own dead-latent bookkeeping, and AuxK reconstructs the residual from
-   the top d_in // 2 dead latents in all three (sparsify's and sae-lens's fixed k_aux; saekit's
-   default `k_aux`). Each implementation runs its own trainer's step, with its own optimizer:
+   in memory, float32 (or bf16 autocast with `--dtype bfloat16`, float32 parameters, as all three
+   trainers do on a GPU), AuxK on in every implementation: the same fixed random `--dead-fraction`
+   of the latents (default half) is marked dead before each step through each library's own
+   dead-latent counter, and AuxK reconstructs the residual from the top d_in // 2 dead latents in
+   all three (sparsify's and sae-lens's fixed k_aux; saekit's default `k_aux`). Each library runs
+   its own trainer's step with its own optimizer:
 
    - saekit:   the body of `saekit.train.trainer.train`'s loop for one SAE: `_member_step` (scale,
                forward with dead_mask, backward, fired-latent bookkeeping, metric sums), decoder
                gradient projection, fused Adam, LR schedule, zero_grad, unit-norm decoder rows.
-               Dead latents: `tokens_since_fired >= dead_tokens`.
-   - sae_lens: `SAETrainer._train_step` itself (TopKTrainingSAE.training_forward_pass with its
-               defaults: dense decode, rescale_acts_by_decoder_norm, aux_loss_coefficient 1;
-               firing bookkeeping, clip_grad_norm_, torch Adam as its trainer builds it, LR schedule).
-               Dead latents: its own `n_forward_passes_since_fired > dead_feature_window`.
-   - sparsify: the body of `sparsify.Trainer.fit`'s loop for one SparseCoder (its trainer is built
-               around a model and a dataset, so the body is copied): unit-norm decoder, forward(x,
-               dead_mask=...), fvu + auxk_alpha * auxk_loss (auxk_alpha = 1/32), backward, did_fire
-               bookkeeping, decoder gradient projection, torch Adam as its trainer builds it.
-               Dead latents: `num_tokens_since_fired > dead_feature_threshold`.
+               Dead: `tokens_since_fired >= dead_tokens`.
+   - sae_lens: `SAETrainer._train_step` itself on a TopKTrainingSAE with its defaults (dense decode,
+               rescale_acts_by_decoder_norm, aux_loss_coefficient 1): firing bookkeeping,
+               clip_grad_norm_, torch Adam as its trainer builds it, LR schedule.
+               Dead: its own `n_forward_passes_since_fired > dead_feature_window`.
+   - sparsify: the body of `sparsify.Trainer.fit`'s loop for one SparseCoder, copied (its trainer
+               is built around a model and a dataset): unit-norm decoder, forward(x, dead_mask=...),
+               fvu + auxk_alpha * auxk_loss (auxk_alpha = 1/32; its default 0 turns AuxK off),
+               backward, did_fire bookkeeping, decoder gradient projection, torch Adam as its
+               trainer builds it. Dead: `num_tokens_since_fired > dead_feature_threshold`.
+               Note: its fused encoder drops the gradient of the AuxK loss into the encoder (only
+               dead decoder rows learn from it), work that saekit and sae-lens do; and on a GPU its
+               forward always runs under bf16 autocast, whatever `--dtype` says.
    - floor:    the encoder's forward product [batch, d_in] x [d_in, d_sae] alone, which any exact
                TopK step must compute: no step can be faster.
+   - extras (`extra_tokens_per_s`): saekit_no_dead and sparsify_no_dead, the same steps with no
+     dead latent (AuxK inactive), as in ../shared/ENVIRONMENT.md's table.
 
    The implementations take turns step by step, so that a noisy machine slows them alike; each
-   figure is the median over `--steps` steps after `--warmup` (sae-lens, the slowest, is timed on
-   `--slow-steps` of those rounds, spread evenly, to keep the run to a few minutes). `ratios` holds saekit/peer and
-   saekit/floor per config. `matmul_fraction` is each row's encoder-forward FLOP rate
-   (2 * d_in * d_sae per token) over this machine's measured dense matmul rate in the same dtype.
+   figure is the median over `--steps` rounds after `--warmup` (sae-lens, the slowest, is timed on
+   `--slow-steps` of those rounds, spread evenly, to keep the run to a few minutes). `ratios` holds
+   saekit/peer and saekit/floor per config; `goals` the issue's targets on the first config.
+   `matmul_fraction` is each row's encoder-forward FLOP rate (2 * d_in * d_sae per token) over this
+   machine's measured dense matmul rate in the same dtype (on a GPU: the card's bf16 rate).
 
-2. Seeds: `saekit.train.train` on a cache made with `write_array_cache` (first config's sizes),
+2. Seeds: `saekit.train.train` on a cache made with `write_array_cache` (`--train-config` sizes),
    4 seeds in one run (the grid: 4 SAEs reading each batch once) against 4 separate one-seed runs;
    wall time of each `train()` call, start-up and final save included, nothing subtracted.
 
@@ -37,11 +44,12 @@
    training_log.jsonl, the log windows after the first: data loading, logging and bookkeeping
    included; imports, normalisation sample and saving excluded) against the bare trainer step on
    in-memory tensors, timed in bursts between the runs. Both use the trainer's own dead-latent
-   tracking with its default `dead_tokens`, so no latent is dead yet and AuxK is inactive in both,
-   as in the first 10M tokens of a real run (this makes the overhead fraction as large as it gets).
+   counter with its default `dead_tokens`, so no latent is dead yet and AuxK is inactive in both,
+   as in the first 10M tokens of a real run (the cheapest step: the largest overhead fraction).
 
 The machine is shared: absolute tokens/s move with other processes (the 1-minute load average is
-recorded before and after); the ratios, measured in one interleaved run, are what to compare.
+recorded at the start, after each config and at the end); the ratios, measured in one interleaved
+run, are what to compare.
 
     python bench/train_throughput.py [--quick] [--device cuda --dtype bfloat16] [--steps 10]
 
@@ -282,7 +290,7 @@ def bench_train(args: argparse.Namespace, device: torch.device, dtype: torch.dty
         separate_seconds: list[float] = []
         separate_steady: list[float] = []
         grid_seconds = grid_steady = 0.0
-        for order, seed in enumerate([0, 1, "grid", 2, 3]):  # the grid run in the middle of the others
+        for seed in (0, 1, "grid", 2, 3):  # the grid run in the middle of the others
             if seed == "grid":
                 out = root / "grid"
                 start = time.perf_counter()
@@ -347,12 +355,14 @@ def main() -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
 
     loads = {"start": os.getloadavg()[0]}
-    rate = matmul_rate(device, dtype, 8192 if device.type == "cuda" else 2048)
+    rate = matmul_rate(device, dtype, 8192 if device.type == "cuda" else 2048 if dtype == torch.float32 else 512)
     measured: dict[str, dict[str, float]] = {}
     errors: dict[str, dict[str, str]] = {}
     for name in args.configs:
         measured[name], errors[name] = bench_steps(args, name, device, dtype)
         loads[f"after {name}"] = os.getloadavg()[0]
+        print(f"{name}: " + ", ".join(f"{impl} {tps:,.0f}" for impl, tps in measured[name].items()) + " tokens/s",
+              flush=True)
     trained = bench_train(args, device, dtype) if "train" not in args.skip else None
     loads["end"] = os.getloadavg()[0]
 
@@ -374,7 +384,8 @@ def main() -> None:
     if trained:
         ratios["grid_4_seeds_over_separate_4_runs"] = round(
             trained["grid_4_seeds_sae_tokens_per_s"] / trained["separate_4_runs_sae_tokens_per_s"], 3)
-        ratios["train_over_bare_step"] = round(trained["train_steady_tokens_per_s"] / trained["bare_step_tokens_per_s"], 3)
+        ratios["train_over_bare_step"] = round(
+            trained["train_steady_tokens_per_s"] / trained["bare_step_tokens_per_s"], 3)
     goals = _goals(ratios, args.configs[0])
 
     print(f"TopK SAE training step, {args.dtype} on {device}, AuxK on ({args.dead_fraction:.0%} of latents dead), "
@@ -399,7 +410,7 @@ def main() -> None:
     for key, value in ratios.items():
         print(f"{key}: {value:.2f}")
     for key, goal in goals.items():
-        print(f"goal {key}: {goal['value']:.2f} vs {goal['target']} -> {'met' if goal['met'] else 'NOT met'}")
+        print(f"goal {key}: {goal['value']:.3f} vs >= {goal['target']} -> {'met' if goal['met'] else 'NOT met'}")
 
     first = CONFIGS[args.configs[0]]
     result: dict[str, Any] = {
