@@ -5,8 +5,9 @@ training lengths and two architectures on one cache per model, match the seeds, 
 
 Steps, per model (the tiny LM trained, and a random-init copy of it, by default):
 1. cache its activations at `hook` (`saekit cache`; reused when the cache exists);
-2. train through `saekit train`: the TopK grid widths x ks x seeds in one pass; ReLU-L1 at
-   `sweep_width`; TopK at `sweep_width` for each shorter entry of `tokens`;
+2. train through `saekit train` (every run: all seeds in one pass): TopK at every width with the
+   first k; TopK at `sweep_width` with the other ks; ReLU-L1 at `sweep_width`; TopK at
+   `sweep_width` for each shorter entry of `tokens`;
 3. match the seeds of every setting (`saekit match`), one match directory each;
 4. write OUT/report: results.csv (one row per model and setting), figures.html (shared fraction vs
    width, k, tokens, architecture and threshold; matched-cosine histograms), report.md (the numbers
@@ -51,13 +52,15 @@ class SeedSharingConfig:
     cache_tokens: int = doc("tokens to cache per model", 300_000)
     cache_dtype: str = doc("dtype of the cached activations: float32 | float16 | bfloat16", "float32")
     seeds: list[int] = doc("SAE seeds (K >= 2)", default_factory=lambda: [0, 1])
-    widths: list[int] = doc("TopK widths (d_sae)", default_factory=lambda: [128, 512, 2048])
-    ks: list[int] = doc("TopK k values (every width is trained with every k)", default_factory=lambda: [8, 32])
-    sweep_width: int = doc("the width of the ReLU and training-length comparisons", 512)
+    widths: list[int] = doc("TopK widths (d_sae), trained with the first k", default_factory=lambda: [64, 256, 1024])
+    ks: list[int] = doc("TopK k values: the first for every run, the others at sweep_width", default_factory=lambda: [8, 32])
+    sweep_width: int = doc("the width of the k, ReLU and training-length comparisons", 256)
     tokens: list[int] = doc("training tokens; the largest trains the grid, the others only sweep_width",
-                            default_factory=lambda: [100_000, 400_000])
-    relu_l1_coef: float = doc("ReLU-L1 SAE's L1 coefficient", 5.0)
-    batch_size: int = doc("training batch (tokens)", 2048)
+                            default_factory=lambda: [100_000, 500_000])
+    relu_l1_coef: float = doc("ReLU-L1 SAE's L1 coefficient", 1.0)
+    batch_size: int = doc("training batch (tokens)", 256)
+    lr: float | None = doc("Adam learning rate (None: the trainer's default for each width)", None)
+    dead_tokens: int = doc("tokens without firing before a latent counts as dead (AuxK revives it)", 20_000)
     threshold: float = doc("shared-latent cosine threshold", 0.7)
     device: str = doc("auto | cpu | cuda", "auto")
 
@@ -89,10 +92,13 @@ def build_caches(config: SeedSharingConfig) -> dict[str, str]:
 
 def train_runs(config: SeedSharingConfig) -> list[dict[str, Any]]:
     """The training runs per cache: name, architecture, d_sae, k and n_tokens lists."""
-    longest = max(config.tokens)
-    runs = [{"name": "topk", "architecture": "topk", "d_sae": config.widths, "k": config.ks, "n_tokens": longest},
-            {"name": "relu", "architecture": "relu", "d_sae": [config.sweep_width], "k": [config.ks[0]],
-             "n_tokens": longest, "sae": {"l1_coef": config.relu_l1_coef}}]
+    longest, k0 = max(config.tokens), config.ks[0]
+    runs = [{"name": "topk", "architecture": "topk", "d_sae": config.widths, "k": [k0], "n_tokens": longest}]
+    if len(config.ks) > 1:
+        runs.append({"name": "topk-k", "architecture": "topk", "d_sae": [config.sweep_width], "k": config.ks[1:],
+                     "n_tokens": longest})
+    runs.append({"name": "relu", "architecture": "relu", "d_sae": [config.sweep_width], "k": [k0],
+                 "n_tokens": longest, "sae": {"l1_coef": config.relu_l1_coef}})
     for n_tokens in sorted(set(config.tokens) - {longest}):
         runs.append({"name": f"topk-{n_tokens}", "architecture": "topk", "d_sae": [config.sweep_width],
                      "k": [config.ks[0]], "n_tokens": n_tokens})
@@ -110,9 +116,8 @@ def train_and_match(config: SeedSharingConfig, label: str, cache: str) -> list[d
         started = time.time()
         train(TrainConfig(cache=cache, out=str(out), hooks=[config.hook], architecture=run["architecture"],
                           d_sae=run["d_sae"], k=run["k"], seeds=config.seeds, sae=run.get("sae", {}),
-                          n_tokens=run["n_tokens"], batch_size=config.batch_size, checkpoint_every=0,
-                          warmup_steps=50, dead_tokens=max(config.batch_size * 50, run["n_tokens"] // 4),
-                          device=config.device), progress=False)
+                          n_tokens=run["n_tokens"], batch_size=config.batch_size, lr=config.lr, checkpoint_every=0,
+                          warmup_steps=50, dead_tokens=config.dead_tokens, device=config.device), progress=False)
         print(f"[seed-sharing] {label}/{run['name']}: trained in {time.time() - started:.0f} s", flush=True)
         for d_sae in run["d_sae"]:
             for k in run["k"]:
@@ -163,6 +168,26 @@ def _sel(rows: list[dict[str, Any]], **where: Any) -> list[dict[str, Any]]:
     return [r for r in rows if all(r[k] == v for k, v in where.items())]
 
 
+def _trend(model: str, claim: str, paper: str, ordered: list[dict[str, Any]], key: str, falls: bool) -> dict[str, Any]:
+    """A direction check over rows ordered by `key`: the shared fraction (the claim) and, free of the
+    threshold, the mean matched decoder cosine, each compared first vs last."""
+    fractions = [round(r["fraction_shared"], 3) for r in ordered]
+    cosines = [round(r["decoder_mean_cos"], 3) for r in ordered]
+    labels = [r[key] for r in ordered]
+
+    def holds(values: list[float]) -> bool:
+        return values[0] > values[-1] if falls else values[-1] > values[0]
+    return {"model": model, "claim": claim, "paper": paper, "ours": dict(zip(labels, fractions)),
+            "decoder_cos": dict(zip(labels, cosines)), "holds": holds(fractions), "holds_cos": holds(cosines)}
+
+
+def nearest_l0(topk: list[dict[str, Any]], relu: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The TopK row whose L0 is closest to the ReLU row's: architectures compare at equal sparsity."""
+    if not topk or not relu:
+        return None
+    return min(topk, key=lambda r: abs(r["l0"] - relu[0]["l0"]))
+
+
 def directions(rows: list[dict[str, Any]], config: SeedSharingConfig) -> list[dict[str, Any]]:
     """The paper's directions and the sanity checks, each with the numbers it rests on."""
     longest, k0 = max(config.tokens), config.ks[0]
@@ -172,27 +197,20 @@ def directions(rows: list[dict[str, Any]], config: SeedSharingConfig) -> list[di
         for k in config.ks:
             by_width = sorted(_sel(topk, k=k), key=lambda r: r["d_sae"])
             if len(by_width) > 1:
-                values = [round(r["fraction_shared"], 3) for r in by_width]
-                checks.append({"model": model, "claim": f"falls as width grows (k={k})", "paper": PAPER["width"],
-                               "ours": dict(zip([r["d_sae"] for r in by_width], values)), "holds": values[0] > values[-1]})
+                checks.append(_trend(model, f"falls as width grows (k={k})", PAPER["width"], by_width, "d_sae", True))
         for d_sae in config.widths:
             by_k = sorted(_sel(topk, d_sae=d_sae), key=lambda r: r["k"])
             if len(by_k) > 1:
-                values = [round(r["fraction_shared"], 3) for r in by_k]
-                checks.append({"model": model, "claim": f"falls as k grows (d_sae={d_sae})", "paper": PAPER["k"],
-                               "ours": dict(zip([r["k"] for r in by_k], values)), "holds": values[0] > values[-1]})
+                checks.append(_trend(model, f"falls as k grows (d_sae={d_sae})", PAPER["k"], by_k, "k", True))
         by_tokens = sorted(_sel(rows, model=model, architecture="topk", d_sae=config.sweep_width, k=k0),
                            key=lambda r: r["n_tokens"])
         if len(by_tokens) > 1:
-            values = [round(r["fraction_shared"], 3) for r in by_tokens]
-            checks.append({"model": model, "claim": "rises with training tokens", "paper": PAPER["tokens"],
-                           "ours": dict(zip([r["n_tokens"] for r in by_tokens], values)), "holds": values[-1] > values[0]})
+            checks.append(_trend(model, "rises with training tokens", PAPER["tokens"], by_tokens, "n_tokens", False))
         relu = _sel(rows, model=model, architecture="relu")
-        same = _sel(topk, d_sae=config.sweep_width, k=k0)
+        same = nearest_l0(_sel(topk, d_sae=config.sweep_width), relu)
         if relu and same:
-            checks.append({"model": model, "claim": "ReLU-L1 shares more than TopK", "paper": PAPER["architecture"],
-                           "ours": {"relu": round(relu[0]["fraction_shared"], 3), "topk": round(same[0]["fraction_shared"], 3)},
-                           "holds": relu[0]["fraction_shared"] > same[0]["fraction_shared"]})
+            checks.append(_trend(model, f"ReLU-L1 shares more than TopK (k={same['k']}, the nearest L0)",
+                                 PAPER["architecture"], relu + [same], "architecture", True))
     for r in rows:
         name = f"{r['model']} {r['architecture']} {r['d_sae']} k={r['k']} {r['n_tokens']:,} tokens"
         checks.append({"model": r["model"], "claim": f"sanity: Hungarian mean <= mean max-cosine ({name})",
@@ -235,12 +253,16 @@ def figures(rows: list[dict[str, Any]], config: SeedSharingConfig) -> list[Any]:
     figs.append(line_figure(f"Shared fraction vs training tokens (TopK d_sae={config.sweep_width}, k={k0})", "tokens", {
         m: xy(_sel(rows, model=m, architecture="topk", d_sae=config.sweep_width, k=k0), "n_tokens") for m in models}))
     bars = go.Figure()
-    for arch, k in (("relu", None), ("topk", k0)):
-        values = [next((r["fraction_shared"] for r in _sel(rows, model=m, architecture=arch, d_sae=config.sweep_width,
-                                                           n_tokens=longest) if k is None or r["k"] == k), None)
-                  for m in models]
-        bars.add_trace(go.Bar(x=models, y=values, name=arch))
-    bars.update_layout(title=f"ReLU-L1 vs TopK (d_sae={config.sweep_width})", yaxis_title="fraction shared")
+    for arch in ("relu", "topk"):
+        picked = []
+        for m in models:
+            relu = _sel(rows, model=m, architecture="relu")
+            same = _sel(rows, model=m, architecture=arch, d_sae=config.sweep_width, n_tokens=longest)
+            picked.append(relu[0] if arch == "relu" and relu else nearest_l0(same, relu))
+        bars.add_trace(go.Bar(x=models, y=[r["fraction_shared"] if r else None for r in picked], name=arch,
+                              text=[f"L0 {r['l0']:.0f}" if r else "" for r in picked]))
+    bars.update_layout(title=f"ReLU-L1 vs TopK at the nearest L0 (d_sae={config.sweep_width})",
+                       yaxis_title="fraction shared")
     figs.append(bars)
     from saekit.match.summary import CURVE_THRESHOLDS, HISTOGRAM_EDGES
 
@@ -282,11 +304,13 @@ def write_report(rows: list[dict[str, Any]], config: SeedSharingConfig, out: Pat
                      f"{r['fraction_shared']:.3f} | {r['fraction_shared_with_all']:.3f} | {r['decoder_mean_cos']:.3f} | "
                      f"{r['encoder_mean_cos']:.3f} | {r['decoder_mean_max_cos']:.3f} | {r['fvu']:.3f} | {r['l0']:.1f} | "
                      f"{r['dead_fraction']:.3f} |")
-    lines += ["", "## The paper's directions, and sanity checks", "", "| model | claim | ours | paper | holds |",
-              "|---|---|---|---|---|"]
+    lines += ["", "## The paper's directions, and sanity checks", "",
+              f"`ours`: fraction shared at {config.threshold}; `decoder cos`: mean matched decoder cosine (no threshold).",
+              "", "| model | claim | ours | holds | decoder cos | holds | paper |", "|---|---|---|---|---|---|---|"]
     for c in checks:
-        lines.append(f"| {c['model']} | {c['claim']} | {json.dumps(c['ours'])} | {c.get('paper', '')} | "
-                     f"{'yes' if c['holds'] else 'NO'} |")
+        cos = (json.dumps(c["decoder_cos"]), "yes" if c["holds_cos"] else "NO") if "decoder_cos" in c else ("", "")
+        lines.append(f"| {c['model']} | {c['claim']} | {json.dumps(c['ours'])} | {'yes' if c['holds'] else 'NO'} | "
+                     f"{cos[0]} | {cos[1]} | {c.get('paper', '')} |")
     (out / "report.md").write_text("\n".join(lines) + "\n")
     return out
 

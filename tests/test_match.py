@@ -63,6 +63,13 @@ def test_untrained_saes_share_no_latents_at_threshold_07():
     assert np.nanmax(pair.a.decoder_cos) < 0.3
 
 
+def test_an_sae_shares_every_latent_with_itself_in_both_methods():
+    a = make_sae(d_sae=300, seed=3)
+    for method in ("exact", "sparse"):
+        pair = match_pair(a, a, method=method, candidates=2)
+        assert pair.n_shared() == 300 and (pair.a.decoder_partner == np.arange(300)).all()
+
+
 def test_shared_needs_the_same_partner_in_encoder_and_decoder():
     a = make_sae(d_sae=200, seed=0)
     b, positions = planted_copy(a, n_shared=100)

@@ -37,11 +37,12 @@ def test_a_micro_run_writes_tables_figures_and_the_closing_note(tmp_path):
         "--tokens", "2048", "4096", "--batch-size", "256", "--device", "cpu"]) == 0
     report = tmp_path / "run" / "report"
     results = pd.read_csv(report / "results.csv")
-    assert len(results) == 2 * 2 + 1 + 1  # the TopK grid, ReLU, the shorter TopK run
+    assert len(results) == 2 + 1 + 1 + 1  # TopK at both widths, TopK k=4 at 16, ReLU, the shorter TopK run
     assert set(results.architecture) == {"topk", "relu"}
     assert results.fraction_shared.between(0, 1).all()
     summary = json.loads((report / "summary.json").read_text())
     claims = [c["claim"] for c in summary["checks"]]
     assert any("falls as width grows" in c for c in claims) and any("ReLU-L1" in c for c in claims)
-    assert "| synthetic | topk | 32 |" in (report / "report.md").read_text()
+    assert "| synthetic | topk | 32 | 2 |" in (report / "report.md").read_text()
+    assert any("falls as k grows (d_sae=16)" in c for c in claims)
     assert (report / "figures.html").read_text().count("plotly") > 10
