@@ -73,6 +73,25 @@ def test_topk_forward_equals_dense_reference_in_value_and_gradient(impl):
         assert torch.allclose(got, want), p[0]
 
 
+@pytest.mark.parametrize("impl", IMPLS)
+def test_batchtopk_auxk_equals_dense_reference_in_value_and_gradient(impl):
+    sae = make_sae("batchtopk", k_aux=6, sparse_impl=impl).train()
+    x = activations()
+    dead_mask = torch.zeros(64, dtype=torch.bool)
+    dead_mask[1::3] = True
+    out = sae(x, dead_mask=dead_mask)
+    pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
+    dead_values, dead_indices = pre.masked_fill(~dead_mask, -torch.inf).topk(6, dim=1)
+    residual_hat = torch.zeros_like(pre).scatter(1, dead_indices, dead_values.relu()) @ sae.W_dec
+    total_variance = (x - x.mean(0)).pow(2).sum()
+    want = (residual_hat - (x - out.recon).detach()).pow(2).sum() / total_variance
+    assert torch.allclose(out.aux_k, want)
+    params = list(sae.parameters())
+    for got, ref, (name, _) in zip(torch.autograd.grad(out.aux_k, params, allow_unused=True),
+                                   torch.autograd.grad(want, params, allow_unused=True), sae.named_parameters()):
+        assert (got is None and ref is None) or torch.allclose(got, ref), name
+
+
 def test_topk_has_exactly_k_active_latents_per_token():
     sae = make_sae("topk", k=5)
     with torch.no_grad():

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from saekit.sae.kernels import (
-    SparseLatents, select_batch_topk, select_topk, sparse_decode, sparse_encode, topk_decode, topk_encode,
+    SparseLatents, select_batch_topk, select_topk, select_topk_among, sparse_decode, sparse_encode,
+    sparse_encode_many, topk_decode, topk_encode,
 )
 
 IMPLS = ["csr", "gather"]
@@ -103,3 +104,28 @@ def test_bf16_autocast_with_float32_parameters_matches_float32(impl):
         assert got.dtype == torch.float32, name
         cos = torch.nn.functional.cosine_similarity(got.flatten(), want.flatten(), dim=0)
         assert cos > 0.95, (name, cos.item())
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("among", ["all", "odd"])
+def test_two_selections_of_one_encoder_product_equal_two_separate_encodes(impl, among):
+    """TopK's and AuxK's selections share one forward product and one backward; with every latent
+    in both (among="all") the same (token, latent) pairs appear twice and their gradients add."""
+    gen = torch.Generator().manual_seed(3)
+    params = [torch.randn(*shape, generator=gen, dtype=torch.float64).requires_grad_()
+              for shape in ((24, 8), (8, 40), (40,), (8,))]
+    weights = [torch.randn(24, n, generator=gen, dtype=torch.float64) for n in (5, 6)]
+    latents = torch.arange(40) if among == "all" else torch.arange(1, 40, 2)
+    selects = [select_topk(5), select_topk_among(latents, 6)]
+
+    def loss(parts):
+        return sum((part.values.view(24, -1) * w).sum() + part.values.pow(2).sum() for part, w in zip(parts, weights))
+
+    merged = sparse_encode_many(*params, selects, impl)
+    separate = [sparse_encode(*params, select, impl) for select in selects]
+    assert set(merged[1].indices.tolist()) <= set(latents.tolist())
+    for got, want in zip(merged, separate):
+        assert torch.equal(got.indices, want.indices) and torch.allclose(got.values, want.values)
+    for name, got, want in zip(["x", "W_enc", "b_enc", "b_dec"], torch.autograd.grad(loss(merged), params),
+                               torch.autograd.grad(loss(separate), params)):
+        assert torch.allclose(got, want), name

@@ -17,8 +17,8 @@ from torch import Tensor
 
 from saekit.sae.base import SAE, ForwardOutput, reconstruction_losses, zero
 from saekit.sae.config import SAEConfig
-from saekit.sae.kernels import select_batch_topk, select_threshold, sparse_decode, sparse_encode
-from saekit.sae.topk import auxk_loss
+from saekit.sae.kernels import select_batch_topk, select_threshold, sparse_decode
+from saekit.sae.topk import auxk_loss, encode_with_aux
 
 
 class BatchTopKSAE(SAE):
@@ -47,12 +47,12 @@ class BatchTopKSAE(SAE):
             select = select_batch_topk(self.cfg.k, hint=float(self.threshold[0]))
         else:
             select = select_threshold(self.threshold)
-        latents = sparse_encode(x, self.W_enc, self.b_enc, self.b_dec, select, self.cfg.sparse_impl)
+        latents, aux_latents = encode_with_aux(self, x, select, dead_mask)
         if self.training:
             self.update_threshold(latents.values.detach())
         recon = sparse_decode(latents, self.W_dec, self.cfg.sparse_impl) + self.b_dec
         mse, fvu = reconstruction_losses(x, recon)
-        aux_k = auxk_loss(self, x, recon, dead_mask)
+        aux_k = auxk_loss(self, x, recon, aux_latents, dead_mask)
         l0 = (latents.values.detach() > 0).sum().to(x.dtype) / x.shape[0]
         return ForwardOutput(recon, latents.to_dense(self.cfg.d_sae), None, mse, fvu, l0, zero(fvu), aux_k,
                              fvu + self.cfg.aux_coef * aux_k)

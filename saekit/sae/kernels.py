@@ -113,6 +113,23 @@ def select_topk(k: int) -> Selection:
     return select
 
 
+def select_topk_among(latents: Tensor, k: int) -> Selection:
+    """The k largest pre-activations of each token among `latents` [m] (increasing latent ids).
+
+    AuxK's selection (the top k_aux dead latents): it reads the same pre-activations as the main
+    selection, so the dead latents' encoder product is not computed a second time.
+    """
+    def select(pre: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        values, positions = pre.index_select(1, latents).topk(k, dim=1, sorted=False)
+        with _one_thread(pre.device):
+            positions, order = positions.sort(dim=1)
+            values = values.gather(1, order)
+            offsets = torch.arange(0, pre.shape[0] * k + 1, k, device=pre.device)
+            indices = latents[positions.reshape(-1)]
+        return values.reshape(-1), indices, offsets
+    return select
+
+
 def _offsets(rows: Tensor, n_tokens: int) -> Tensor:
     """[tokens + 1] CSR row pointers from the sorted row of each entry."""
     offsets = torch.zeros(n_tokens + 1, dtype=torch.long, device=rows.device)
@@ -173,31 +190,43 @@ def _csr(offsets: Tensor, indices: Tensor, values: Tensor, n_cols: int) -> Tenso
                                        check_invariants=False)
 
 
-def _transposed_csr(latents: SparseLatents, n_cols: int) -> Tensor:
-    """S^T as a CSR tensor [n_cols, tokens], from one stable sort of the latent ids.
+def _transposed_csr(token_ids: Tensor, indices: Tensor, values: Tensor, n_tokens: int, n_cols: int) -> Tensor:
+    """S^T as a CSR tensor [n_cols, tokens] from S's entries (token, latent, value), in any order.
 
-    On CPU, torch's own `csr.t() @ dense` converts the transpose through COO (two index copies and
-    an int64 sort); this is about 2x cheaper and gives the same matrix.
+    One stable sort of the latent ids. On CPU, torch's own `csr.t() @ dense` converts the transpose
+    through COO (two index copies and an int64 sort); this is about 2x cheaper and gives the same
+    matrix. Entries may repeat a (token, latent) pair: the product sums them.
     """
-    with _one_thread(latents.indices.device):
-        keys = latents.indices.to(torch.int32) if n_cols < 2**31 else latents.indices
+    with _one_thread(indices.device):
+        keys = indices.to(torch.int32) if n_cols < 2**31 else indices
         order = keys.sort(stable=True).indices
         offsets = torch.zeros(n_cols + 1, dtype=torch.long, device=keys.device)
-        offsets[1:] = torch.bincount(latents.indices, minlength=n_cols).cumsum(0)
-        return _csr(offsets, latents.token_ids()[order], latents.values[order], latents.n_tokens)
+        offsets[1:] = torch.bincount(indices, minlength=n_cols).cumsum(0)
+        return _csr(offsets, token_ids[order], values[order], n_tokens)
 
 
-def _transpose_times(latents: SparseLatents, dense: Tensor, n_cols: int, impl: str) -> Tensor:
-    """S^T @ dense for the sparse [tokens, n_cols] matrix S: [n_cols, d] (rows never hit are 0)."""
+def _transpose_times(parts: list[SparseLatents], dense: Tensor, n_cols: int, impl: str) -> Tensor:
+    """sum over parts of S^T @ dense, for sparse [tokens, n_cols] matrices S: [n_cols, d].
+
+    Several parts (the TopK selection and AuxK's) make one product over all their entries on CPU.
+    """
     if impl == "csr" and dense.device.type == "cpu":
-        return _transposed_csr(latents, n_cols) @ dense
-    if impl == "csr":
-        return _csr(latents.offsets, latents.indices, latents.values, n_cols).t() @ dense
-    out = dense.new_zeros(n_cols, dense.shape[1])
-    tokens = latents.token_ids()
-    for start in range(0, latents.values.numel(), _GATHER_CHUNK):
-        part = slice(start, start + _GATHER_CHUNK)
-        out.index_add_(0, latents.indices[part], latents.values[part, None] * dense[tokens[part]])
+        token_ids = torch.cat([part.token_ids() for part in parts]) if len(parts) > 1 else parts[0].token_ids()
+        indices = torch.cat([part.indices for part in parts]) if len(parts) > 1 else parts[0].indices
+        values = torch.cat([part.values for part in parts]) if len(parts) > 1 else parts[0].values
+        return _transposed_csr(token_ids, indices, values, parts[0].n_tokens, n_cols) @ dense
+    out: Tensor | None = None
+    for latents in parts:
+        if impl == "csr":
+            product = _csr(latents.offsets, latents.indices, latents.values, n_cols).t() @ dense
+        else:
+            product = dense.new_zeros(n_cols, dense.shape[1])
+            tokens = latents.token_ids()
+            for start in range(0, latents.values.numel(), _GATHER_CHUNK):
+                chunk = slice(start, start + _GATHER_CHUNK)
+                product.index_add_(0, latents.indices[chunk], latents.values[chunk, None] * dense[tokens[chunk]])
+        out = product if out is None else out.add_(product)
+    assert out is not None
     return out
 
 
@@ -227,39 +256,53 @@ def _row_dots(latents: SparseLatents, left: Tensor, weight: Tensor, impl: str) -
 
 
 class SparseEncode(torch.autograd.Function):
-    """relu(selected entries of (x - b_dec) @ W_enc + b_enc), with a backward over those entries only."""
+    """relu(selected entries of (x - b_dec) @ W_enc + b_enc), with a backward over those entries only.
+
+    Several selections of the same pre-activations (TopK's and AuxK's) share the one dense product
+    forward and one sparse product backward; outputs are (values, indices, offsets) per selection.
+    """
 
     @staticmethod
-    def forward(ctx, x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor,
-                select: Selection, impl: str) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(ctx, x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, impl: str,
+                *selects: Selection) -> tuple[Tensor, ...]:
         centered = x - b_dec
         pre = (centered @ W_enc).add_(b_enc)  # cheaper than addmm's broadcast copy of b_enc on CPU
-        values, indices, offsets = select(pre)
+        outputs: list[Tensor] = []
+        for select in selects:
+            values, indices, offsets = select(pre)
+            # Under autocast the product (and so `values`) is 16-bit: the sparse rest runs in the
+            # parameters' dtype, with autocast off (`_no_autocast`), as the sparse kernels need.
+            outputs += [values.to(W_enc.dtype).relu(), indices, offsets]
         del pre
-        # Under autocast the product (and so `values`) is 16-bit: the sparse rest runs in the
-        # parameters' dtype, with autocast off (`_no_autocast`), as the sparse kernels need.
-        acts = values.to(W_enc.dtype).relu()
         ctx.impl = impl
-        ctx.save_for_backward(centered, W_enc, acts, indices, offsets)
-        ctx.mark_non_differentiable(indices, offsets)
-        return acts, indices, offsets
+        ctx.save_for_backward(centered, W_enc, *outputs)
+        ctx.mark_non_differentiable(*outputs[1::3], *outputs[2::3])
+        return tuple(outputs)
 
     @staticmethod
-    def backward(ctx, grad_acts: Tensor, _grad_indices: Tensor | None, _grad_offsets: Tensor | None):
-        centered, W_enc, acts, indices, offsets = ctx.saved_tensors
-        grad_pre = SparseLatents(grad_acts.to(acts.dtype) * (acts > 0), indices, offsets)
+    def backward(ctx, *grads: Tensor | None):
+        centered, W_enc, *outputs = ctx.saved_tensors
+        parts = []
+        for acts, indices, offsets, grad_acts in zip(outputs[0::3], outputs[1::3], outputs[2::3], grads[0::3]):
+            if grad_acts is not None:
+                parts.append(SparseLatents(grad_acts.to(acts.dtype) * (acts > 0), indices, offsets))
         need_x, need_w, need_b_enc, need_b_dec = ctx.needs_input_grad[:4]
         grad_x = grad_w = grad_b_enc = grad_b_dec = None
-        with _no_autocast(acts):
+        if not parts:
+            return None, None, None, None, None, *[None] * (len(grads) // 3)
+        with _no_autocast(W_enc):
             if need_w:
-                grad_w = _transpose_times(grad_pre, centered, W_enc.shape[1], ctx.impl).t()
+                grad_w = _transpose_times(parts, centered, W_enc.shape[1], ctx.impl).t()
             if need_b_enc or need_b_dec:
-                grad_b_enc = grad_pre.values.new_zeros(W_enc.shape[1]).index_add_(0, indices, grad_pre.values)
+                grad_b_enc = W_enc.new_zeros(W_enc.shape[1])
+                for part in parts:
+                    grad_b_enc.index_add_(0, part.indices, part.values)
             if need_x:
-                grad_x = _times(grad_pre, W_enc.t(), ctx.impl)
+                grad_x = sum(_times(part, W_enc.t(), ctx.impl) for part in parts)
             if need_b_dec:  # -sum over tokens of grad_x, computed without grad_x when x needs none
                 grad_b_dec = -(W_enc @ grad_b_enc)
-        return grad_x, grad_w, grad_b_enc if need_b_enc else None, grad_b_dec, None, None
+        return (grad_x, grad_w, grad_b_enc if need_b_enc else None, grad_b_dec, None,
+                *[None] * (len(grads) // 3))
 
 
 class SparseDecode(torch.autograd.Function):
@@ -281,15 +324,22 @@ class SparseDecode(torch.autograd.Function):
             if ctx.needs_input_grad[0]:
                 grad_values = _row_dots(SparseLatents(values, indices, offsets), grad_out, W_dec, ctx.impl)
             if ctx.needs_input_grad[3]:
-                grad_w = _transpose_times(SparseLatents(values, indices, offsets), grad_out, W_dec.shape[0], ctx.impl)
+                grad_w = _transpose_times([SparseLatents(values, indices, offsets)], grad_out, W_dec.shape[0], ctx.impl)
         return grad_values, None, None, grad_w, None
 
 
 def sparse_encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor,
                   select: Selection, impl: str = "csr") -> SparseLatents:
     """Active latents of x [tokens, d_in] under `select`; W_enc [d_in, d_sae], b_enc [d_sae], b_dec [d_in]."""
+    return sparse_encode_many(x, W_enc, b_enc, b_dec, [select], impl)[0]
+
+
+def sparse_encode_many(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor,
+                       selects: list[Selection], impl: str = "csr") -> list[SparseLatents]:
+    """One SparseLatents per selection, all from one encoder product (and one sparse backward)."""
     impl = _resolve_impl(impl, W_enc)
-    return SparseLatents(*SparseEncode.apply(x, W_enc, b_enc, b_dec, select, impl))
+    outputs = SparseEncode.apply(x, W_enc, b_enc, b_dec, impl, *selects)
+    return [SparseLatents(*outputs[i:i + 3]) for i in range(0, len(outputs), 3)]
 
 
 def sparse_decode(latents: SparseLatents, W_dec: Tensor, impl: str = "csr") -> Tensor:

@@ -17,7 +17,8 @@ import torch
 from torch import Tensor
 
 from saekit.sae.base import SAE, ForwardOutput, reconstruction_losses, zero
-from saekit.sae.kernels import SparseLatents, select_topk, sparse_decode, sparse_encode, topk_decode, topk_encode
+from saekit.sae.kernels import (Selection, SparseLatents, select_topk, select_topk_among, sparse_decode,
+                                sparse_encode_many, topk_decode, topk_encode)
 
 
 class TopKSAE(SAE):
@@ -41,31 +42,44 @@ class TopKSAE(SAE):
     def forward(self, x: Tensor, dead_mask: Tensor | None = None) -> ForwardOutput:
         """Training pass on x [tokens, d_in]; loss = fvu + aux_coef * aux_k."""
         x = self.check_input(x)
-        top_acts, top_indices = self.topk(x)
-        recon = self.decode_sparse(top_acts, top_indices)
+        latents, aux_latents = encode_with_aux(self, x, select_topk(self.cfg.k), dead_mask)
+        k = self.cfg.k
+        recon = sparse_decode(latents, self.W_dec, self.cfg.sparse_impl) + self.b_dec
         mse, fvu = reconstruction_losses(x, recon)
-        aux_k = auxk_loss(self, x, recon, dead_mask)
+        aux_k = auxk_loss(self, x, recon, aux_latents, dead_mask)
+        top_acts, top_indices = latents.values.view(-1, k), latents.indices.view(-1, k)
         l0 = (top_acts.detach() > 0).sum(dim=1).to(x.dtype).mean()
         return ForwardOutput(recon, top_acts, top_indices, mse, fvu, l0, zero(fvu), aux_k,
                              fvu + self.cfg.aux_coef * aux_k)
 
 
-def auxk_loss(sae: SAE, x: Tensor, recon: Tensor, dead_mask: Tensor | None) -> Tensor:
+def encode_with_aux(sae: SAE, x: Tensor, select: Selection, dead_mask: Tensor | None
+                    ) -> tuple[SparseLatents, SparseLatents | None]:
+    """The selected latents of x [tokens, d_in] and, when some latents are dead (dead_mask [d_sae]
+    bool), AuxK's: each token's top k_aux dead latents, read from the same pre-activations."""
+    cfg = sae.cfg
+    selects = [select]
+    if dead_mask is not None and bool(dead_mask.any()):
+        dead = dead_mask.nonzero().squeeze(1)
+        selects.append(select_topk_among(dead, min(cfg.resolved_k_aux, dead.numel())))
+    parts = sparse_encode_many(x, sae.W_enc, sae.b_enc, sae.b_dec, selects, cfg.sparse_impl)
+    return parts[0], (parts[1] if len(parts) > 1 else None)
+
+
+def auxk_loss(sae: SAE, x: Tensor, recon: Tensor, aux_latents: SparseLatents | None,
+              dead_mask: Tensor | None) -> Tensor:
     """AuxK loss (Gao et al. 2024, appendix A.2): how well the dead latents reconstruct the residual.
 
-    The top k_aux pre-activations among dead latents (dead_mask [d_sae] bool) decode, without
-    b_dec, to an estimate of the residual x - recon (detached); the squared error is divided by
-    the total variance of x, like the FVU, and scaled by min(n_dead / k_aux, 1). 0 when none are dead.
+    aux_latents are the top k_aux pre-activations among dead latents (dead_mask [d_sae] bool), from
+    `encode_with_aux`; they decode, without b_dec, to an estimate of the residual x - recon
+    (detached); the squared error is divided by the total variance of x, like the FVU, and scaled
+    by min(n_dead / k_aux, 1). 0 when none are dead.
     """
-    if dead_mask is None or not bool(dead_mask.any()):
+    if aux_latents is None or dead_mask is None:
         return zero(recon)
-    cfg = sae.cfg
-    dead = dead_mask.nonzero().squeeze(1)
-    k_aux = min(cfg.resolved_k_aux, dead.numel())
-    scale = min(dead.numel() / cfg.resolved_k_aux, 1.0)
-    latents = sparse_encode(x, sae.W_enc[:, dead], sae.b_enc[dead], sae.b_dec, select_topk(k_aux), cfg.sparse_impl)
-    latents = SparseLatents(latents.values, dead[latents.indices], latents.offsets)
-    residual_hat = sparse_decode(latents, sae.W_dec, cfg.sparse_impl)
+    n_dead = int(dead_mask.sum())
+    scale = min(n_dead / sae.cfg.resolved_k_aux, 1.0)
+    residual_hat = sparse_decode(aux_latents, sae.W_dec, sae.cfg.sparse_impl)
     residual = (x - recon).detach()
     total_variance = (x - x.mean(dim=0)).pow(2).sum().clamp_min(torch.finfo(x.dtype).tiny)
     return scale * (residual_hat - residual).pow(2).sum() / total_variance
