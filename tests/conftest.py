@@ -60,3 +60,49 @@ def make_local_model_dir(root, n_ctx: int = 64):
     model.set_tokenizer(wrap_tokenizer(tokenizer))
     save_model_dir(model, root / "model")
     return root
+
+
+def make_report_run(root):
+    """A small run directory with every file the report reads, offline, in seconds: a local model
+    and cache, two TopK seeds trained on it (training_log.jsonl, metrics.json) and evaluated
+    (eval.json), both collected into records, 8 latents of each explained in raw mode (MaxAct,
+    VocabProj, TokenChange), the two seeds matched, and a scores.jsonl for seed 0's records."""
+    import json
+
+    from saekit.data import CacheConfig, cache_activations
+    from saekit.eval import EvalConfig, evaluate
+    from saekit.interp import CollectConfig, ExplainConfig, collect_records, explain_latents
+    from saekit.match import MatchConfig, match_saes
+    from saekit.train import TrainConfig, train
+
+    hook, ctx = "blocks.0.hook_resid_post", 32
+    make_local_model_dir(root)
+    cache = root / "cache"
+    cache_activations(CacheConfig(out=str(cache), model=str(root / "model"), dataset=str(root / "data.jsonl"),
+                                  hooks=[hook], n_tokens=64 * ctx, ctx_len=ctx, shard_tokens=ctx * 16, device="cpu"),
+                      progress=False)
+    saes = train(TrainConfig(cache=str(cache), out=str(root / "sae"), architecture="topk", d_sae=[64], k=[8],
+                             seeds=[0, 1], n_tokens=6000, batch_size=256, warmup_steps=2, log_every=2,
+                             checkpoint_every=0, device="cpu"), progress=False)
+    for folder in saes:
+        evaluate(EvalConfig(sae=str(folder), cache=str(cache), n_tokens=4 * ctx, ce_contexts=2, device="cpu"),
+                 progress=False)
+        records = collect_records(CollectConfig(sae=str(folder), cache=str(cache), n_tokens=0, n_top=6, n_explain=8,
+                                                n_test=8, n_quantiles=4, n_random_negatives=2, n_hard_negatives=0,
+                                                window=16, device="cpu"), progress=False)
+        explain_latents(ExplainConfig(records=str(records), n_latents=8, tc_sequences=4, tc_seq_len=16,
+                                      vocab_tokens=10, maxact_examples=4, device="cpu"), progress=False)
+    match_saes(MatchConfig(saes=[str(s) for s in saes], out=str(root / "match"), device="cpu"), progress=False)
+    with (saes[0] / "records" / "scores.jsonl").open("w") as f:
+        for latent in range(8):
+            for method in ("maxact", "vocabproj"):
+                f.write(json.dumps({"latent": latent, "method": method, "scorer": "detection",
+                                    "score": round(0.5 + latent / 20, 3)}) + "\n")
+        f.write("not json: a line cut by a kill\n")
+    return root, saes
+
+
+@pytest.fixture(scope="session")
+def report_run(tmp_path_factory):
+    """(run directory, [SAE folder seed 0, seed 1]) of `make_report_run`, built once per session."""
+    return make_report_run(tmp_path_factory.mktemp("report_run"))

@@ -57,7 +57,11 @@ def test_vocabproj_equals_a_direct_matrix_product(setup):
     text = ev.TokenText(model.tokenizer)
     top = torch.topk(with_bias[3], 20).indices.tolist()
     bottom = torch.topk(-with_bias[3], 20).indices.tolist()
-    assert rows[0]["evidence"] == {"top": text.many(top), "bottom": text.many(bottom)}
+    evidence = rows[0]["evidence"]
+    assert (evidence["top"], evidence["bottom"]) == (text.many(top), text.many(bottom))
+    np.testing.assert_allclose(evidence["top_logits"], with_bias[3, top].tolist(), atol=1e-3)
+    np.testing.assert_allclose(evidence["bottom_logits"], with_bias[3, bottom].tolist(), atol=1e-3)
+    assert evidence["top_logits"] == sorted(evidence["top_logits"], reverse=True)
 
 
 def direct_steered_change(model, sae, tokens, latent, value, hook_name=HOOK):

@@ -160,18 +160,32 @@ def _context_tokens(cache: str | Path, manifest: dict[str, Any], context_range: 
     return torch.cat(rows)
 
 
-def write_frequency_html(result: dict[str, Any], path: Path) -> Path:
-    """The log10 activation-frequency histogram as a self-contained plotly HTML file."""
+def frequency_figure(results: dict[str, dict[str, Any]]) -> Any:
+    """The log10 activation-frequency histograms of eval results ({name: eval.json dict}): bars for
+    one SAE, a step line per SAE for several (dead latents are counted in the legend, not drawn)."""
     import plotly.graph_objects as go
 
-    hist = result["frequency_histogram"]
-    edges = hist["edges"]
-    centers = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:])]
-    fig = go.Figure(go.Bar(x=centers, y=hist["counts"], name="live latents"))
-    fig.update_layout(title=f"{result['hook_name']} {result['architecture']} d_sae={result['d_sae']}: "
-                            f"log10 activation frequency ({hist['n_dead']} dead latents not shown)",
-                      xaxis_title="log10(fraction of tokens active)", yaxis_title="latents", bargap=0.05)
-    fig.write_html(str(path), include_plotlyjs=True, full_html=True)
+    fig = go.Figure()
+    for name, result in results.items():
+        hist = result["frequency_histogram"]
+        edges = hist["edges"]
+        centers = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:])]
+        label = f"{name} ({hist['n_dead']} dead)"
+        fig.add_trace(go.Bar(x=centers, y=hist["counts"], name=label) if len(results) == 1 else
+                      go.Scatter(x=centers, y=hist["counts"], name=label, mode="lines", line_shape="hvh"))
+    if len(results) == 1:
+        result = next(iter(results.values()))
+        title = (f"{result['hook_name']} {result['architecture']} d_sae={result['d_sae']}: log10 activation "
+                 f"frequency ({result['frequency_histogram']['n_dead']} dead latents not shown)")
+    else:
+        title = "log10 activation frequency of live latents (eval.json)"
+    fig.update_layout(title=title, xaxis_title="log10(fraction of tokens active)", yaxis_title="latents", bargap=0.05)
+    return fig
+
+
+def write_frequency_html(result: dict[str, Any], path: Path) -> Path:
+    """The log10 activation-frequency histogram as a self-contained plotly HTML file."""
+    frequency_figure({"live latents": result}).write_html(str(path), include_plotlyjs=True, full_html=True)
     return path
 
 

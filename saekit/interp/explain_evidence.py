@@ -116,9 +116,13 @@ def top_bottom(scores: torch.Tensor, k: int) -> tuple[list[int], list[int]]:
 
 
 def vocabproj_evidence(logits: torch.Tensor, text: TokenText, k: int) -> dict[str, Any]:
-    """{'top': [k tokens], 'bottom': [k tokens]} of one latent's projection logits [d_vocab]."""
+    """{'top': [k tokens], 'bottom': [k tokens], 'top_logits', 'bottom_logits': their logits} of one
+    latent's projection logits [d_vocab] (the report draws the logits; prompts show the tokens)."""
     top, bottom = top_bottom(logits, k)
-    return {"top": text.many(top), "bottom": text.many(bottom)}
+    values = logits.detach().float().cpu()
+    return {"top": text.many(top), "bottom": text.many(bottom),
+            "top_logits": [round(float(values[i]), 4) for i in top],
+            "bottom_logits": [round(float(values[i]), 4) for i in bottom]}
 
 
 # ---- TokenChange -----------------------------------------------------------------------------------

@@ -94,38 +94,58 @@ def write_table(table: "pd.DataFrame", out: Path, table_format: str) -> Path:
     return path
 
 
-def report_figures(summary: dict[str, Any]) -> list[Any]:
-    """Plotly figures: matched-cosine histograms, shared fraction vs threshold, the pairwise matrix."""
+def matched_cosine_figure(summary: dict[str, Any]) -> Any:
+    """Histograms of the matched decoder and encoder cosines of every pair of a match summary."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    pairs = summary["pairs"]
     centers = [(a + b) / 2 for a, b in zip(HISTOGRAM_EDGES[:-1], HISTOGRAM_EDGES[1:])]
     hist = make_subplots(rows=1, cols=2, subplot_titles=("decoder", "encoder"), shared_yaxes=True)
-    for name, pair in pairs.items():
+    for name, pair in summary["pairs"].items():
         for col, which in enumerate(("decoder", "encoder"), start=1):
             hist.add_trace(go.Scatter(x=centers, y=pair[which]["histogram"], mode="lines", line_shape="hvh",
                                       name=f"{name} {which}", legendgroup=name), row=1, col=col)
-    threshold = summary["config"]["threshold"]
     for col in (1, 2):
-        hist.add_vline(x=threshold, line_dash="dash", line_color="grey", row=1, col=col)
+        hist.add_vline(x=summary["config"]["threshold"], line_dash="dash", line_color="grey", row=1, col=col)
     hist.update_layout(title="Cosine of matched latents (Hungarian assignment)", yaxis_title="latents")
     hist.update_xaxes(title_text="cosine")
+    return hist
+
+
+def threshold_curve_figure(summaries: dict[str, dict[str, Any]]) -> Any:
+    """Fraction shared vs threshold, a line per pair of each summary ({label: match summary}; the
+    label prefixes the pair names when there are several summaries)."""
+    import plotly.graph_objects as go
 
     curve = go.Figure()
-    for name, pair in pairs.items():
-        curve.add_trace(go.Scatter(x=CURVE_THRESHOLDS, y=pair["threshold_curve"], mode="lines+markers", name=name))
-    curve.add_vline(x=threshold, line_dash="dash", line_color="grey")
+    for label, summary in summaries.items():
+        for name, pair in summary["pairs"].items():
+            curve.add_trace(go.Scatter(x=CURVE_THRESHOLDS, y=pair["threshold_curve"], mode="lines+markers",
+                                       name=name if len(summaries) == 1 else f"{label} {name}"))
+    for threshold in sorted({s["config"]["threshold"] for s in summaries.values()}):
+        curve.add_vline(x=threshold, line_dash="dash", line_color="grey")
     curve.update_layout(title="Fraction of latents shared vs threshold (same partner, both cosines >= threshold)",
                         xaxis_title="threshold", yaxis_title="fraction shared", yaxis_range=[0, 1.02])
+    return curve
+
+
+def shared_matrix_figure(summary: dict[str, Any]) -> Any:
+    """Heatmap: the fraction of the row SAE's latents shared with the column SAE."""
+    import plotly.graph_objects as go
 
     names = [s["name"] for s in summary["saes"]]
-    matrix = go.Figure(go.Heatmap(z=summary["seeds"]["matrix"], x=names, y=names, zmin=0, zmax=1,
-                                  colorscale="Viridis", text=[[f"{v:.2f}" for v in row] for row in summary["seeds"]["matrix"]],
+    values = summary["seeds"]["matrix"]
+    matrix = go.Figure(go.Heatmap(z=values, x=names, y=names, zmin=0, zmax=1, colorscale="Viridis",
+                                  text=[["" if v is None else f"{v:.2f}" for v in row] for row in values],
                                   texttemplate="%{text}"))
     matrix.update_layout(title="Fraction of the row SAE's latents shared with the column SAE",
                          yaxis_autorange="reversed")
-    return [hist, curve, matrix]
+    return matrix
+
+
+def report_figures(summary: dict[str, Any]) -> list[Any]:
+    """Plotly figures: matched-cosine histograms, shared fraction vs threshold, the pairwise matrix."""
+    return [matched_cosine_figure(summary), threshold_curve_figure({"": summary}), shared_matrix_figure(summary)]
 
 
 def write_report_html(summary: dict[str, Any], path: Path) -> Path:
