@@ -8,6 +8,8 @@
     saekit match SAE_A SAE_B [...] [--field value ...]  latents shared across seeds (saekit.match.match_saes)
     saekit collect SAE_DIR --cache CACHE       per-latent records: stats, top/quantile/negative examples
     saekit explain RECORDS_DIR [--methods ...]  describe latents: MaxAct, VocabProj, TokenChange, ensembles
+    saekit score RECORDS_DIR [--scorers ...]    score descriptions: detection, fuzzing, embedding, simulation, output, input
+    saekit report RUN_DIR [--out FILE]          one self-contained HTML report: figures, latent dashboards
     saekit info PATH [--verify]                 what a cache, an SAE or a report directory holds
     saekit demo [--out DIR]                     the main job on the embedded default (make demo)
 """
@@ -106,6 +108,17 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_score(args: argparse.Namespace) -> int:
+    from saekit.interp.score import SCORES_FILE, ScoreConfig, score_latents, summarize_scores, summary_lines
+
+    config = _config(ScoreConfig, args, "records_dir", "records")
+    rows = score_latents(config)
+    out = config.out or (str(Path(rows[0]["explanations"]).with_name(SCORES_FILE)) if rows else "-")
+    print(f"{len(rows)} scores ({', '.join(config.scorers)}) of {len({r['latent'] for r in rows})} latents: {out}")
+    print("\n".join(summary_lines(summarize_scores(rows, config.n_boot, config.seed))))
+    return 0
+
+
 def _human_bytes(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if n < 1024:
@@ -161,6 +174,14 @@ def describe_path(path: Path, verify: bool = False) -> list[str]:
     raise FileNotFoundError(f"{path}: not a saekit cache (manifest.json), SAE (cfg.json) or run directory")
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from saekit.viz import ReportConfig, build_report
+
+    out = build_report(_config(ReportConfig, args, "run_dir_path", "run_dir"))
+    print(f"report: {out} ({_human_bytes(out.stat().st_size)}; open it in a browser, it needs no network)")
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     print("\n".join(describe_path(Path(args.path), verify=args.verify)))
     return 0
@@ -178,8 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
     from saekit.eval import EvalConfig
     from saekit.interp.collect import CollectConfig
     from saekit.interp.explain import ExplainConfig
+    from saekit.interp.score import ScoreConfig
     from saekit.match import MatchConfig
     from saekit.train import TrainConfig
+    from saekit.viz import ReportConfig
 
     parser = argparse.ArgumentParser(prog="saekit", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -228,6 +251,18 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--config", help="a TOML/YAML config file (fields of ExplainConfig)")
     add_config_args(explain, ExplainConfig)
     explain.set_defaults(func=_cmd_explain)
+
+    score = verbs.add_parser("score", help="score descriptions: detection, fuzzing, embedding, simulation, output, input")
+    score.add_argument("records_dir", nargs="?", help="records directory from `saekit collect` (or the SAE folder)")
+    score.add_argument("--config", help="a TOML/YAML config file (fields of ScoreConfig)")
+    add_config_args(score, ScoreConfig)
+    score.set_defaults(func=_cmd_score)
+
+    report = verbs.add_parser("report", help="one self-contained HTML file: figures and latent dashboards of a run")
+    report.add_argument("run_dir_path", nargs="?", metavar="RUN_DIR", help="run directory (or --run-dir / config)")
+    report.add_argument("--config", help="a TOML/YAML config file (fields of ReportConfig)")
+    add_config_args(report, ReportConfig)
+    report.set_defaults(func=_cmd_report)
 
     info = verbs.add_parser("info", help="print what a cache, SAE or run directory holds")
     info.add_argument("path")

@@ -14,12 +14,18 @@ explain_evidence.py, prompts.py, prompts/*.txt):
     records = load_records(collect_records(CollectConfig(sae="runs/sae/...", cache="runs/cache")))
     records.examples(latent, "top")   # also "explain", "test" (quantiles), "random", "hard" negatives
     rows = explain_latents(ExplainConfig(records=str(records.path), methods=["maxact", "vocabproj", "all"]))
+
+Scores of the descriptions (score.py; score_examples.py, score_model.py, score_metrics.py):
+detection, fuzzing, embedding, simulation (delphi, Bills et al.) and output-/input-based (Gur-Arieh et al.):
+
+    rows = score_latents(ScoreConfig(records=str(records.path), scorers=["embedding"]))   # scores.jsonl rows
 """
 
 from saekit.interp.llm import Backend, ChatResult, LLMConfig, check_reply, make_backend
 from saekit.interp.collect import CollectConfig, collect_records
 from saekit.interp.explain import ExplainConfig, explain_latents, read_explanations
 from saekit.interp.records import Example, LatentRecords, load_records
+from saekit.interp.score import ScoreConfig, read_scores, score_latents, summarize_scores
 
 __all__ = [
     "Backend",
@@ -35,4 +41,8 @@ __all__ = [
     "ExplainConfig",
     "explain_latents",
     "read_explanations",
+    "ScoreConfig",
+    "score_latents",
+    "read_scores",
+    "summarize_scores",
 ]
