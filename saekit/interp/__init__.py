@@ -19,6 +19,10 @@ Scores of the descriptions (score.py; score_examples.py, score_model.py, score_m
 detection, fuzzing, embedding, simulation (delphi, Bills et al.) and output-/input-based (Gur-Arieh et al.):
 
     rows = score_latents(ScoreConfig(records=str(records.path), scorers=["embedding"]))   # scores.jsonl rows
+
+A published SAE end to end (pipeline.py: cache, collect, explain, score, summary.csv):
+
+    score_published(PublishedConfig(sae="gpt2-small-res-jb/blocks.8.hook_resid_pre", scorers=["embedding"]))
 """
 
 from saekit.interp.llm import Backend, ChatResult, LLMConfig, check_reply, make_backend
@@ -26,6 +30,7 @@ from saekit.interp.collect import CollectConfig, collect_records
 from saekit.interp.explain import ExplainConfig, explain_latents, read_explanations
 from saekit.interp.records import Example, LatentRecords, load_records
 from saekit.interp.score import ScoreConfig, read_scores, score_latents, summarize_scores
+from saekit.interp.pipeline import PublishedConfig, score_published
 
 __all__ = [
     "Backend",
@@ -45,4 +50,6 @@ __all__ = [
     "score_latents",
     "read_scores",
     "summarize_scores",
+    "PublishedConfig",
+    "score_published",
 ]
