@@ -9,9 +9,10 @@
     saekit collect SAE_DIR --cache CACHE       per-latent records: stats, top/quantile/negative examples
     saekit explain RECORDS_DIR [--methods ...]  describe latents: MaxAct, VocabProj, TokenChange, ensembles
     saekit score RECORDS_DIR [--scorers ...]    score descriptions: detection, fuzzing, embedding, simulation, output, input
+    saekit score --published RELEASE/SAE_ID --model NAME  collect, describe and score a published SAE
     saekit report RUN_DIR [--out FILE]          one self-contained HTML report: figures, latent dashboards
     saekit info PATH [--verify]                 what a cache, an SAE or a report directory holds
-    saekit demo [--out DIR]                     the main job on the embedded default (make demo)
+    saekit demo [--config FILE] [--out DIR]     the main job on the embedded default (make demo; saekit.demo)
 """
 
 from __future__ import annotations
@@ -111,11 +112,33 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 def _cmd_score(args: argparse.Namespace) -> int:
     from saekit.interp.score import SCORES_FILE, ScoreConfig, score_latents, summarize_scores, summary_lines
 
+    if args.published:
+        return _score_published(args)
+    for name in ("published", "dataset", "n_tokens", "cache"):
+        if getattr(args, name) is not None:
+            raise ValueError(f"saekit score: --{name.replace('_', '-')} goes with --published SAE")
+        delattr(args, name)
     config = _config(ScoreConfig, args, "records_dir", "records")
     rows = score_latents(config)
     out = config.out or (str(Path(rows[0]["explanations"]).with_name(SCORES_FILE)) if rows else "-")
     print(f"{len(rows)} scores ({', '.join(config.scorers)}) of {len({r['latent'] for r in rows})} latents: {out}")
     print("\n".join(summary_lines(summarize_scores(rows, config.n_boot, config.seed))))
+    return 0
+
+
+def _score_published(args: argparse.Namespace) -> int:
+    """`saekit score --published SAE`: cache, collect, explain and score (saekit.interp.pipeline)."""
+    from saekit.interp.pipeline import published_config, score_published
+    from saekit.interp.score import summary_lines
+
+    if args.records_dir:
+        raise ValueError("saekit score: give RECORDS_DIR or --published SAE, not both")
+    skip = {"verb", "config", "func", "records_dir", "published"}
+    options = {k: v for k, v in vars(args).items() if k not in skip}
+    result = score_published(published_config(args.config, {**options, "sae": args.published}))
+    print(f"{args.published}: {result['n_explanations']} descriptions scored ({result['scores']}); "
+          f"table {result['summary_table']}")
+    print("\n".join(summary_lines(result["summary"])))
     return 0
 
 
@@ -188,14 +211,15 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from saekit.demo import run_demo
+    from saekit.demo import DemoConfig, run_demo
 
-    run_demo(Path(args.out), n_tokens=args.n_tokens)
+    run_demo(_config(DemoConfig, args))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     from saekit.data import CacheConfig
+    from saekit.demo import DemoConfig
     from saekit.eval import EvalConfig
     from saekit.interp.collect import CollectConfig
     from saekit.interp.explain import ExplainConfig
@@ -256,6 +280,12 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("records_dir", nargs="?", help="records directory from `saekit collect` (or the SAE folder)")
     score.add_argument("--config", help="a TOML/YAML config file (fields of ScoreConfig)")
     add_config_args(score, ScoreConfig)
+    score.add_argument("--published", metavar="SAE", help="score a published SAE end to end instead of RECORDS_DIR: "
+                       "RELEASE/SAE_ID, a SAELens/sparsify folder or OWNER/REPO (saekit.interp.pipeline; --config "
+                       "is then a PublishedConfig file, --out a run directory)")
+    score.add_argument("--dataset", help="with --published: dataset to collect records on (default stdlib-docstrings)")
+    score.add_argument("--n-tokens", dest="n_tokens", type=int, help="with --published: tokens to cache and scan")
+    score.add_argument("--cache", help="with --published: an existing activation cache with the SAE's hook point")
     score.set_defaults(func=_cmd_score)
 
     report = verbs.add_parser("report", help="one self-contained HTML file: figures and latent dashboards of a run")
@@ -270,8 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=_cmd_info)
 
     demo = verbs.add_parser("demo", help="the main job on the embedded default (what `make demo` runs)")
-    demo.add_argument("--out", default="runs/demo")
-    demo.add_argument("--n-tokens", type=int, default=200_000)
+    demo.add_argument("--config", help="a TOML/YAML config file (fields of DemoConfig)")
+    add_config_args(demo, DemoConfig)
     demo.set_defaults(func=_cmd_demo)
     return parser
 

@@ -1,62 +1,364 @@
-"""`make demo`: the main job on the embedded default, offline, on a CPU in a few minutes.
+"""`make demo` / `saekit demo [--config FILE] [--field value ...]`: the whole pipeline on one config.
 
-1. train (once; reused afterwards) the tiny LM on the offline corpus of stdlib docstrings;
-2. cache its residual-stream activations, for the trained model and for a re-randomised copy
-   (Heap et al.'s `random` variant), into `OUT/cache-trained` and `OUT/cache-random`;
-3. train TopK SAEs with two seeds on each cache in one pass (`OUT/sae-trained`, `OUT/sae-random`);
-4. evaluate every SAE on the held-out contexts (FVU, L0, dead latents, CE loss recovered);
-5. print what was made and the trained-vs-random comparison.
+On the embedded default (the offline tiny LM, CPU, about 5 minutes on 2 idle cores):
 
-Later stages (SAE training, matching, autointerp, the report) extend this same run directory.
+1. model: train the tiny LM once (reused afterwards) or load the configured one;
+2. caches: its activations at `hook`, for each init variant (`trained` and Heap et al.'s `random`
+   re-initialised copy), in `OUT/cache-<init>`;
+3. SAEs: TopK SAEs, `widths` x `seeds` on each cache in one pass (`OUT/sae-<init>/<hook>/...`);
+4. eval: FVU, L0, dead latents, CE recovered on the held-out contexts (`eval.json` per SAE);
+5. match: the seeds of each width (`OUT/match/<init>-<width>`), the fraction of latents shared;
+6. describe: `n_latents` live latents of seed 0 (a seeded sample) and their decoder partners in the
+   other seeds are collected into records (`<sae>/records`) and described with MaxAct, VocabProj
+   and TokenChange (raw offline descriptions, or an LLM: see `llm_settings`); seed 0's are scored
+   with the embedding scorer (no judge needed; the partners' descriptions are for the dashboards);
+7. report: `OUT/saekit-report.html` (one offline HTML file), `OUT/summary.json`, and a printed table.
+
+Each step reuses what an earlier run of the same config left in OUT (caches, SAEs, eval.json,
+match.json, records, explanations, scores); a different config in the same OUT is refused. The
+same pipeline on a real model and a GPU is one config file (analysis/configs/demo_pythia70m.toml).
 """
 
 from __future__ import annotations
 
+import json
+import math
+import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import torch
+import numpy as np
 
-from saekit.cli import describe_path
-from saekit.data import ActivationStore, CacheConfig, cache_activations
-from saekit.eval import EvalConfig, evaluate, summary_line
-from saekit.train import TrainConfig, train
+from saekit.config import config_to_dict, doc
+from saekit.files import write_json_atomic
 
-DEMO_HOOK = "blocks.1.hook_resid_post"
+SUMMARY_FORMAT = "saekit-demo-summary"
+CONFIG_FILE = "demo_config.json"
+SUMMARY_FILE = "summary.json"
+SAME_OUTPUTS_IGNORED = ("out", "device")  # fields that may change between runs reusing one OUT
 
 
-def run_demo(out: Path, n_tokens: int = 200_000) -> None:
-    from saekit.models import ensure_tiny_lm
+@dataclass
+class DemoConfig:
+    """The demo: model and caches, the SAE grid, matching, and how many latents to describe and score."""
 
+    out: str = doc("run directory", "runs/demo")
+    model: str = doc("'tiny' (the offline tiny LM, trained on first use), a model folder or a TransformerLens name",
+                     "tiny")
+    inits: list[str] = doc("init variants to compare (Heap et al.)", default_factory=lambda: ["trained", "random"])
+    model_seed: int = doc("seed of the re-drawn weights of the random init variants", 0)
+    hook: str = doc("hook point", "blocks.1.hook_resid_post")
+    dataset: str = doc("dataset to cache: stdlib-docstrings, a local file, or a hub dataset name", "stdlib-docstrings")
+    n_tokens: int = doc("tokens cached per init variant (the last 5 percent of contexts are held out)", 200_000)
+    cache_dtype: str = doc("dtype of the cached activations: float32 | float16 | bfloat16", "float32")
+    widths: list[int] = doc("SAE widths (d_sae), each trained with every seed", default_factory=lambda: [256, 1024])
+    k: int = doc("TopK k", 8)
+    seeds: list[int] = doc("SAE seeds (two or more: they are matched)", default_factory=lambda: [0, 1])
+    train_tokens: int = doc("training tokens per SAE (several epochs when more than the cache holds)", 400_000)
+    batch_size: int = doc("training batch (tokens)", 512)
+    lr: float | None = doc("Adam learning rate (None: the trainer's default per width)", None)
+    dead_tokens: int = doc("tokens without firing before a latent counts as dead (AuxK revives it)", 100_000)
+    eval_tokens: int = doc("held-out tokens evaluated (the cache's last contexts)", 10_000)
+    ce_contexts: int = doc("contexts of the CE/KL splice", 32)
+    threshold: float = doc("matching: a latent is shared when both matched cosines reach this", 0.7)
+    n_latents: int = doc("live latents of seed 0 described and scored per width (and their partners in the other "
+                         "seeds described)", 24)
+    min_frequency: float = doc("seed 0's described latents are sampled among those active on at least this "
+                               "fraction of the evaluated tokens (rarer ones leave too few windows to score)", 1e-3)
+    collect_tokens: int = doc("tokens scanned for latent records (the cache's last contexts)", 60_000)
+    methods: list[str] = doc("explanation methods", default_factory=lambda: ["maxact", "vocabproj", "tokenchange"])
+    scorers: list[str] = doc("scorers (embedding needs no LLM; the others need a backend)",
+                             default_factory=lambda: ["embedding"])
+    score_windows: int = doc("activating and non-activating windows per latent for the scorers", 10)
+    backend: str = doc("explainer/judge: '' = $SAEKIT_LLM_BACKEND or none | none | openai | transformers", "")
+    llm_model: str = doc("LLM model name ('' = $SAEKIT_LLM_MODEL)", "")
+    llm: dict[str, Any] = doc("other LLMConfig fields, e.g. {\"base_url\": ...} ($SAEKIT_LLM_BASE_URL / "
+                              "$OPENAI_BASE_URL fill base_url)", default_factory=dict)
+    report_latents: int = doc("latent dashboards per records directory in the report (0 = all)", 200)
+    device: str = doc("auto | cpu | cuda", "auto")
+
+    def __post_init__(self) -> None:
+        from saekit.interp.explain import canonical_method
+        from saekit.interp.score import canonical_scorer
+
+        if len(self.seeds) < 2 or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"DemoConfig.seeds: give two or more distinct seeds (they are matched), got {self.seeds}")
+        if not self.widths or not self.inits:
+            raise ValueError("DemoConfig.widths and DemoConfig.inits must each list at least one value")
+        if self.k > min(self.widths):
+            raise ValueError(f"DemoConfig.k ({self.k}) must be at most the smallest width ({min(self.widths)})")
+        for name in ("n_tokens", "train_tokens", "batch_size", "eval_tokens", "n_latents", "collect_tokens",
+                     "score_windows"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"DemoConfig.{name} must be >= 1, got {getattr(self, name)}")
+        self.methods = [canonical_method(m) for m in self.methods]
+        self.scorers = [canonical_scorer(s) for s in self.scorers]
+
+
+def llm_settings(config: DemoConfig) -> tuple[str, str, dict[str, Any]]:
+    """(backend, model, other LLMConfig fields): the config's, else from the environment:
+    SAEKIT_LLM_BACKEND (none | openai | transformers), SAEKIT_LLM_MODEL, SAEKIT_LLM_BASE_URL or
+    OPENAI_BASE_URL; the API key is read by the client from $OPENAI_API_KEY (LLMConfig.api_key_env)."""
+    backend = config.backend or os.environ.get("SAEKIT_LLM_BACKEND", "") or "none"
+    model = config.llm_model or os.environ.get("SAEKIT_LLM_MODEL", "")
+    llm = dict(config.llm)
+    base_url = os.environ.get("SAEKIT_LLM_BASE_URL") or os.environ.get("OPENAI_BASE_URL")
+    if backend == "openai" and base_url and "base_url" not in llm:
+        llm["base_url"] = base_url
+    if backend != "none":
+        if not model:
+            raise ValueError(f"the demo's LLM backend is {backend!r} but no model is named: set SAEKIT_LLM_MODEL "
+                             f"or DemoConfig.llm_model")
+        llm.setdefault("cache_dir", str(Path(config.out) / "llm_cache"))
+    return backend, model, llm
+
+
+def check_out(config: DemoConfig) -> None:
+    """Record the config in OUT, or refuse an OUT that holds a run of another config."""
+    out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    start = time.time()
-    model_dir = ensure_tiny_lm()
-    print(f"[demo] tiny LM ready at {model_dir} ({time.time() - start:.0f} s)")
-    for init in ("trained", "random"):
+    path = out / CONFIG_FILE
+    mine = {k: v for k, v in config_to_dict(config).items() if k not in SAME_OUTPUTS_IGNORED}
+    if path.exists():
+        theirs = {k: v for k, v in json.loads(path.read_text()).items() if k not in SAME_OUTPUTS_IGNORED}
+        changed = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        if changed:
+            raise ValueError(f"{path}: {out} holds a demo run with other settings ({', '.join(changed)}); "
+                             f"use another --out or delete {out}")
+    write_json_atomic(path, config_to_dict(config))
+
+
+def model_source(config: DemoConfig) -> str:
+    """The model to cache: the tiny LM's folder (trained now if missing) for 'tiny', else as given."""
+    if config.model == "tiny":
+        from saekit.models import ensure_tiny_lm
+
+        return str(ensure_tiny_lm())
+    return config.model
+
+
+def build_caches(config: DemoConfig, source: str, progress: bool) -> dict[str, str]:
+    """{init: cache dir}: one activation cache per init variant (a complete one is reused)."""
+    from saekit.data import CacheConfig, cache_activations, read_manifest
+
+    caches = {}
+    for init in config.inits:
+        out = Path(config.out) / f"cache-{init}"
+        if not ((out / "manifest.json").exists() and read_manifest(out).get("complete")):
+            settings = CacheConfig(out=str(out), model=source, init=init, model_seed=config.model_seed,
+                                   hooks=[config.hook], n_tokens=config.n_tokens, dataset=config.dataset,
+                                   dtype=config.cache_dtype, device=config.device)
+            manifest = cache_activations(settings, progress)
+            print(f"[demo] cached {manifest['n_tokens']:,} tokens of the {init} model: {out}", flush=True)
+        caches[init] = str(out)
+    return caches
+
+
+def sae_dirs(config: DemoConfig, init: str, width: int) -> list[Path]:
+    """The SAE folders of one init variant and width, one per seed (seed order)."""
+    root = Path(config.out) / f"sae-{init}" / config.hook
+    return [root / f"topk-{width}-k{config.k}-seed{seed}" for seed in config.seeds]
+
+
+def train_saes(config: DemoConfig, caches: dict[str, str], progress: bool) -> None:
+    """Every width x seed on each cache, in one pass per cache (skipped when all are trained)."""
+    from saekit.train import TrainConfig, train
+
+    for init, cache in caches.items():
+        wanted = [d for w in config.widths for d in sae_dirs(config, init, w)]
+        if all((d / "metrics.json").exists() for d in wanted):
+            continue
+        started = time.time()
+        train(TrainConfig(cache=cache, out=str(Path(config.out) / f"sae-{init}"), hooks=[config.hook],
+                          architecture="topk", d_sae=config.widths, k=[config.k], seeds=config.seeds,
+                          n_tokens=config.train_tokens, batch_size=config.batch_size, lr=config.lr, warmup_steps=20,
+                          dead_tokens=config.dead_tokens, checkpoint_every=0, log_every=20, device=config.device),
+              progress)
+        print(f"[demo] trained {len(wanted)} TopK SAEs on the {init} model in {time.time() - started:.0f} s",
+              flush=True)
+
+
+def evaluate_saes(config: DemoConfig, caches: dict[str, str], progress: bool) -> None:
+    """eval.json for every SAE (skipped where it exists)."""
+    from saekit.eval import EvalConfig, evaluate
+
+    for init, cache in caches.items():
+        for width in config.widths:
+            for folder in sae_dirs(config, init, width):
+                if not (folder / "eval.json").exists():
+                    evaluate(EvalConfig(sae=str(folder), cache=cache, n_tokens=config.eval_tokens,
+                                        ce_contexts=config.ce_contexts, device=config.device), progress)
+
+
+def match_dir(config: DemoConfig, init: str, width: int) -> Path:
+    return Path(config.out) / "match" / f"{init}-{width}"
+
+
+def match_seeds(config: DemoConfig, caches: dict[str, str], progress: bool) -> None:
+    """One match directory per init variant and width (skipped where match.json exists)."""
+    from saekit.match import MatchConfig, match_saes
+
+    for init, cache in caches.items():
+        for width in config.widths:
+            out = match_dir(config, init, width)
+            if not (out / "match.json").exists():
+                match_saes(MatchConfig(saes=[str(d) for d in sae_dirs(config, init, width)], out=str(out),
+                                       threshold=config.threshold, cache=cache, n_tokens=config.eval_tokens,
+                                       device=config.device), progress)
+
+
+def chosen_latents(config: DemoConfig, init: str, width: int) -> list[list[int]]:
+    """Per seed, the latents to describe: a seeded sample of `n_latents` latents of seed 0 active on at
+    least `min_frequency` of the evaluated tokens (eval.json), then each one's decoder partner in every
+    other seed."""
+    import pandas as pd
+
+    folders = sae_dirs(config, init, width)
+    frequency = np.asarray(json.loads((folders[0] / "eval.json").read_text())["latent_frequency"])
+    alive = np.flatnonzero((frequency > 0) & (frequency >= config.min_frequency))
+    if not len(alive):
+        raise ValueError(f"{folders[0]}: no latent is active on {config.min_frequency} of the evaluated tokens "
+                         f"(DemoConfig.min_frequency); nothing to describe")
+    rng = np.random.default_rng(config.seeds[0] + 1000 * width)
+    first = sorted(int(f) for f in rng.choice(alive, size=min(config.n_latents, len(alive)), replace=False))
+    table = pd.read_parquet(match_dir(config, init, width) / "latents.parquet")
+    out = [first]
+    for j in range(1, len(folders)):
+        rows = table[(table["sae"] == 0) & (table["other_sae"] == j) & table["latent"].isin(first)]
+        out.append(sorted({int(p) for p in rows["decoder_partner"] if p >= 0}))
+    return out
+
+
+def describe_latents(config: DemoConfig, caches: dict[str, str], progress: bool) -> None:
+    """Collect records and explain the chosen latents of every SAE, score those of the first seed
+    (each step skipped when its file exists)."""
+    from saekit.interp import (CollectConfig, ExplainConfig, ScoreConfig, collect_records, explain_latents,
+                               score_latents)
+
+    backend, llm_model, llm = llm_settings(config)
+    embedder = None
+    for init, cache in caches.items():
+        for width in config.widths:
+            for seed, folder, latents in zip(config.seeds, sae_dirs(config, init, width),
+                                             chosen_latents(config, init, width)):
+                records = folder / "records"
+                if not latents:  # no partner in this seed (only when widths differ)
+                    continue
+                if not (records / "meta.json").exists():
+                    collect_records(CollectConfig(sae=str(folder), cache=cache, out=str(records),
+                                                  n_tokens=config.collect_tokens, first_context=-1, latents=latents,
+                                                  n_top=20, n_explain=20, n_test=config.score_windows,
+                                                  reservoir=max(100, 20 + config.score_windows),
+                                                  n_random_negatives=config.score_windows, n_hard_negatives=10,
+                                                  device=config.device), progress)
+                if not (records / "explanations.jsonl").exists():
+                    explain_latents(ExplainConfig(records=str(records), methods=config.methods, vocab_tokens=20,
+                                                  tc_sequences=16, backend=backend, llm_model=llm_model, llm=llm,
+                                                  device=config.device), progress=progress)
+                if seed == config.seeds[0] and not (records / "scores.jsonl").exists():
+                    if embedder is None and "embedding" in config.scorers:
+                        from saekit.data.cache import resolve_device
+                        from saekit.interp.score_examples import load_embedder
+
+                        embedder = load_embedder(device=str(resolve_device(config.device)))
+                    score_latents(ScoreConfig(records=str(records), scorers=config.scorers,
+                                              n_activating=config.score_windows, n_negatives=config.score_windows,
+                                              backend=backend, llm_model=llm_model, llm=llm, n_boot=200,
+                                              device=config.device), embedder=embedder, progress=progress)
+            print(f"[demo] described and scored latents of the {init} model's {width}-latent SAEs", flush=True)
+
+
+def _mean(values: list[Any]) -> float | None:
+    finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    return float(np.mean(finite)) if finite else None
+
+
+def summarize(config: DemoConfig) -> dict[str, Any]:
+    """The numbers of the run, read back from its files: per init variant and width the seeds' mean
+    FVU, L0, dead fraction, CE recovered, fraction shared and matched decoder cosine; per init
+    variant, scorer and method the mean score over the scored latents (seed 0, every width)."""
+    from saekit.interp.score import read_scores, summarize_scores
+
+    by_width: dict[str, dict[str, dict[str, Any]]] = {}
+    scores: dict[str, dict[str, dict[str, Any]]] = {}
+    for init in config.inits:
+        by_width[init] = {}
+        rows: list[dict[str, Any]] = []
+        for width in config.widths:
+            evals = [json.loads((d / "eval.json").read_text()) for d in sae_dirs(config, init, width)]
+            match = json.loads((match_dir(config, init, width) / "match.json").read_text())
+            pairs = list(match["pairs"].values())
+            by_width[init][str(width)] = {
+                **{key: _mean([e.get(key) for e in evals]) for key in ("fvu", "l0", "dead_fraction", "ce_loss_score")},
+                "fraction_shared": _mean([p["fraction_shared"] for p in pairs]),
+                "decoder_mean_cos": _mean([p["decoder"]["mean_matched_cos"] for p in pairs]),
+            }
+            rows += read_scores(sae_dirs(config, init, width)[0] / "records" / "scores.jsonl")
+        scores[init] = {scorer: {method: {k: s[k] for k in ("mean", "n", "ci_low", "ci_high", "chance", "n_failed")}
+                                 for method, s in methods.items()}
+                        for scorer, methods in summarize_scores(rows, n_boot=200).items()}
+    return {"format": SUMMARY_FORMAT, "format_version": 1, "config": config_to_dict(config),
+            "llm_backend": llm_settings(config)[0], "by_width": by_width, "scores": scores}
+
+
+def summary_table(summary: dict[str, Any]) -> list[str]:
+    """The printed table: one row per init variant and width, then the mean scores per method."""
+    def num(value: Any, width: int, digits: int = 3) -> str:
+        return f"{value:>{width}.{digits}f}" if value is not None else f"{'-':>{width}}"
+
+    threshold = summary["config"]["threshold"]
+    lines = [f"{'model':<10}{'d_sae':>7}{'FVU':>9}{'L0':>8}{'dead':>8}{'CE rec':>9}{f'shared@{threshold}':>13}"
+             f"{'dec cos':>9}"]
+    for init, widths in summary["by_width"].items():
+        for width, r in widths.items():
+            lines.append(f"{init:<10}{width:>7}{num(r['fvu'], 9, 4)}{num(r['l0'], 8, 1)}{num(r['dead_fraction'], 8)}"
+                         f"{num(r['ce_loss_score'], 9)}{num(r['fraction_shared'], 13)}{num(r['decoder_mean_cos'], 9)}")
+    for scorer in dict.fromkeys(s for by in summary["scores"].values() for s in by):
+        found = {m for by in summary["scores"].values() for m in by.get(scorer, {})}
+        asked = summary["config"]["methods"]
+        methods = [m for m in asked if m in found] + sorted(found - set(asked))
+        chance = next(s["chance"] for by in summary["scores"].values() for s in by.get(scorer, {}).values())
+        lines += ["", f"mean {scorer} score per description method (chance {chance:.2f}; n = latents scored):",
+                  f"{'model':<10}" + "".join(f"{m:>16}" for m in methods)]
+        for init, by in summary["scores"].items():
+            cells = []
+            for m in methods:
+                s = by.get(scorer, {}).get(m)
+                cells.append(f"{s['mean']:>9.3f} n={s['n']:<4}" if s and s["mean"] is not None else f"{'-':>16}")
+            lines.append(f"{init:<10}" + "".join(f"{c:>16}" for c in cells))
+    return lines
+
+
+def run_demo(config: DemoConfig, progress: bool = True) -> dict[str, Any]:
+    """Run every step (module docstring), write OUT/summary.json and the report, print the table;
+    returns the summary."""
+    from saekit.viz import write_report
+
+    started = time.time()
+    check_out(config)
+    seconds: dict[str, float] = {}
+
+    def step(name: str, fn: Any, *args: Any) -> Any:
         t0 = time.time()
-        config = CacheConfig(out=str(out / f"cache-{init}"), model=str(model_dir), init=init, hooks=[DEMO_HOOK],
-                             n_tokens=n_tokens, dataset="stdlib-docstrings", device="auto")
-        manifest = cache_activations(config)
-        store = ActivationStore(config.out, DEMO_HOOK, batch_size=4096, seed=0)
-        norms = torch.cat([batch.norm(dim=-1) for batch in store])
-        print(f"[demo] cached {manifest['n_tokens']:,} tokens of the {init} model in {time.time() - t0:.0f} s; "
-              f"mean |x| at {DEMO_HOOK}: {norms.mean():.2f} (std {norms.std():.2f})")
-        print("\n".join(describe_path(Path(config.out))))
-    rows = []
-    for init in ("trained", "random"):
-        t0 = time.time()
-        folders = train(TrainConfig(cache=str(out / f"cache-{init}"), out=str(out / f"sae-{init}"),
-                                    architecture="topk", d_sae=[1024], k=[16], seeds=[0, 1], n_tokens=2 * n_tokens,
-                                    batch_size=2048, warmup_steps=20, dead_tokens=n_tokens, checkpoint_every=0,
-                                    log_every=20, device="auto"))
-        print(f"[demo] trained {len(folders)} TopK SAEs (seeds 0, 1) on the {init} model in {time.time() - t0:.0f} s")
-        for folder in folders:
-            result = evaluate(EvalConfig(sae=str(folder), cache=str(out / f"cache-{init}"), n_tokens=20_000,
-                                         ce_contexts=64, device="auto"))
-            print("[demo]   " + summary_line(result))
-            rows.append((init, folder.name, result))
-    print(f"\n[demo] {'model':<9}{'SAE':<24}{'FVU':>8}{'L0':>7}{'dead':>7}{'CE recovered':>14}")
-    for init, name, r in rows:
-        print(f"[demo] {init:<9}{name:<24}{r['fvu']:>8.4f}{r['l0']:>7.1f}{r['dead_fraction']:>7.3f}"
-              f"{r['ce_loss_score']:>14.4f}")
-    print(f"[demo] done in {time.time() - start:.0f} s; outputs under {out}")
+        result = fn(*args)
+        seconds[name] = round(time.time() - t0, 1)
+        return result
+
+    source = step("model", model_source, config)
+    print(f"[demo] model: {source} ({seconds['model']:.0f} s)", flush=True)
+    caches = step("cache", build_caches, config, source, progress)
+    step("train", train_saes, config, caches, progress)
+    step("eval", evaluate_saes, config, caches, progress)
+    step("match", match_seeds, config, caches, progress)
+    step("describe", describe_latents, config, caches, progress)
+    summary = step("summarize", summarize, config)
+    report = step("report", lambda: write_report(config.out, max_latents=config.report_latents))
+    seconds["total"] = round(time.time() - started, 1)
+    summary.update(report=str(report), seconds=seconds)
+    write_json_atomic(Path(config.out) / SUMMARY_FILE, summary)
+    print("\n".join(["", f"[demo] summary ({Path(config.out) / SUMMARY_FILE}):", *summary_table(summary), ""]))
+    print(f"[demo] seconds per step: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()))
+    print(f"[demo] report: {report}", flush=True)
+    return summary

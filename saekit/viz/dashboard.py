@@ -181,8 +181,9 @@ def partners_html(partners: list[dict[str, Any]], labels: dict[Path, str]) -> st
 
 def latent_dashboard(page: Page, rec: RecordsDir, records_index: int, latent: int, text: TokenText,
                      partners: list[dict[str, Any]], labels: dict[Path, str],
-                     n_top: int = 10, n_per_quantile: int = 2) -> str:
-    """The `<section>` of one latent (hidden until the index links to it)."""
+                     n_top: int = 10, n_per_quantile: int = 2, hidden: bool = True) -> str:
+    """The `<section>` of one latent: hidden until the report's index links to it, or (hidden=False)
+    shown at once and left alone by the page's router (a page of its own, `explore.latent_dashboard_html`)."""
     records = rec.records
     stats = records.stats(latent)
     explanations = [r for r in rec.explanations if int(r["latent"]) == latent]
@@ -197,7 +198,8 @@ def latent_dashboard(page: Page, rec: RecordsDir, records_index: int, latent: in
               f'contexts</p>')
     histogram = activation_histogram_figure(window_activations(records, latent),
                                             "Activations in the recorded windows (top + quantile examples)")
-    return (f'<section class="dashboard" id="{anchor_id(records_index, latent)}" hidden>{header}'
+    css_class, hidden_attr = ("dashboard", " hidden") if hidden else ("dashboard single", "")
+    return (f'<section class="{css_class}" id="{anchor_id(records_index, latent)}"{hidden_attr}>{header}'
             f"<h4>Descriptions</h4>{descriptions_html(explanations, scores)}"
             f"{partners_html(partners, labels)}"
             f'<div class="cols"><div>{page.figure(histogram)}</div><div>{output_html(page, explanations)}</div></div>'

@@ -50,7 +50,7 @@ SCRIPT = """
   function route(){
     var id = decodeURIComponent(location.hash.slice(1));
     var target = id.indexOf('latent-') === 0 ? document.getElementById(id) : null;
-    document.querySelectorAll('section.dashboard').forEach(function(s){ s.hidden = (s !== target); });
+    document.querySelectorAll('section.dashboard:not(.single)').forEach(function(s){ s.hidden = (s !== target); });
     if (target) { render(target); target.scrollIntoView(); }
   }
   window.saekitRender = render;
