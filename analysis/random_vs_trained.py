@@ -25,7 +25,6 @@ Steps, per init variant of `model` (saekit.models.INIT_VARIANTS; `control` names
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -36,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from saekit.config import add_config_args, config_to_dict, doc, load_config
+from saekit.config import config_from_argv, config_to_dict, doc
 
 PAPER = {  # Heap, Lawson, Farnik & Aitchison 2025 (arXiv 2501.17727), Pythia-70m-deduped, TopK, every layer
     "scores": "autointerp (detection, fuzzing) scores and reconstruction of SAEs on trained, step-0 and "
@@ -460,11 +459,7 @@ def write_report(rows: list[dict[str, Any]], latents: list[dict[str, Any]], conf
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("config", nargs="?", help="a TOML/YAML file with RandomVsTrainedConfig fields")
-    add_config_args(parser, RandomVsTrainedConfig)
-    args = parser.parse_args(argv)
-    config = load_config(RandomVsTrainedConfig, args.config, {k: v for k, v in vars(args).items() if k != "config"})
+    config = config_from_argv(RandomVsTrainedConfig, argv, __doc__.split("\n")[0])
     started = time.time()
     saes, info = [], {}
     for init in config.inits:

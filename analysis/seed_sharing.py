@@ -16,7 +16,6 @@ Steps, per model (the tiny LM trained, and a random-init copy of it, by default)
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -26,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from saekit.config import add_config_args, config_to_dict, doc, load_config
+from saekit.config import config_from_argv, config_to_dict, doc
 
 PAPER = {  # Paulo & Belrose 2025, Pythia-160m MLP 6, TopK k=32, 8B tokens (read off their figures)
     "width": "32 / 768 / 4,096 / 32,768 / 131,072 latents: 0.81 / 0.79 / 0.70 / 0.42 / 0.28",
@@ -316,12 +315,7 @@ def write_report(rows: list[dict[str, Any]], config: SeedSharingConfig, out: Pat
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("config", nargs="?", help="a TOML/YAML file with SeedSharingConfig fields")
-    add_config_args(parser, SeedSharingConfig)
-    args = parser.parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if k != "config"}
-    config = load_config(SeedSharingConfig, args.config, overrides)
+    config = config_from_argv(SeedSharingConfig, argv, __doc__.split("\n")[0])
     started = time.time()
     rows = []
     for label, cache in build_caches(config).items():

@@ -11,20 +11,15 @@ explanations.jsonl), scores.jsonl, scores_summary.json, summary.csv and publishe
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from saekit.config import add_config_args, load_config
+from saekit.config import config_from_argv
 from saekit.interp.pipeline import PublishedConfig, score_published
 from saekit.interp.score import summary_lines
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("config", nargs="?", help="a TOML/YAML file with PublishedConfig fields")
-    add_config_args(parser, PublishedConfig)
-    args = parser.parse_args(argv)
-    config = load_config(PublishedConfig, args.config, {k: v for k, v in vars(args).items() if k != "config"})
+    config = config_from_argv(PublishedConfig, argv, __doc__.split("\n")[0])
     result = score_published(config)
     print(f"[score-published] {config.sae} ({result['architecture']} d_sae={result['d_sae']}, "
           f"{result['hook_name']}, model {result['model']}): {result['n_explanations']} descriptions, "

@@ -107,6 +107,15 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: dict[st
     return build_config(cls, values, source=str(path) if path else "command line")
 
 
+def config_from_argv(cls: type[C], argv: list[str] | None, description: str) -> C:
+    """A recipe's config from its command line `[CONFIG_FILE] [--field value ...]` (options override the file)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("config", nargs="?", help=f"a TOML/YAML file with {cls.__name__} fields")
+    add_config_args(parser, cls)
+    args = parser.parse_args(argv)
+    return load_config(cls, args.config, {k: v for k, v in vars(args).items() if k != "config"})
+
+
 def config_to_dict(config: Any) -> dict[str, Any]:
     """A JSON-safe dict of a config dataclass (paths become strings)."""
     def clean(value: Any) -> Any:
