@@ -263,10 +263,15 @@ def recipe_module():
 
 
 @pytest.mark.parametrize("path", RECIPE_CONFIGS, ids=lambda p: p.name)
-def test_recipe_configs_parse(path):
+def test_recipe_configs_parse(path, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # as after `make demo`: runs/ exists, the configs' SAE folders need not
+    (tmp_path / "runs").mkdir()
     recipe = recipe_module()
-    collect, explain, reuse = recipe.configs(recipe.parse_args([str(path)]))
-    assert collect.sae and explain.methods and explain.records.endswith("records") and reuse
+    collect, explain, reuse = recipe.configs(recipe.parse_args([str(path.resolve())]))
+    assert collect.sae and explain.methods and reuse
+    if not collect.out and collect.sae.startswith("runs/"):  # a local SAE: records go in its folder
+        assert Path(explain.records) == Path(collect.sae) / "records"
+    assert explain.records.endswith("records")
 
 
 def test_the_recipe_collects_and_describes(setup, tmp_path, capsys):

@@ -174,8 +174,12 @@ def load_sparsify_hub(repo: str, hookpoint: str | None = None, device: str | tor
 
 def output_dir_for(source: str, hookpoint: str | None = None) -> Path:
     """Where results about an SAE are written: its own folder when it is local; for a registry or
-    hub SAE, runs/published/<release or owner/repo>/<sae_id or hookpoint>/ under the working directory."""
-    kind, location, sub = parse_source(str(source))
+    hub SAE, runs/published/<release or owner/repo>/<sae_id or hookpoint>/ under the working directory.
+    A local path that does not exist yet (an SAE a recipe will train first) is its own folder too."""
+    try:
+        kind, location, sub = parse_source(str(source))
+    except FileNotFoundError:
+        return Path(source).expanduser()
     if kind == "dir":
         folder = Path(location)
         return resolve_hookpoint(folder, hookpoint) if hookpoint and not (folder / CFG_FILENAME).is_file() else folder
