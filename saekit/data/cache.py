@@ -25,8 +25,9 @@ from saekit.data.shards import (DTYPES, FORMAT, FORMAT_VERSION, MANIFEST, CacheE
                                 done_path, file_sha256, read_manifest, save_shard, shard_path,
                                 write_json_atomic)
 
+COMPUTE_DTYPES = ("float32", "bfloat16")
 # Manifest fields that must agree for a run to resume into an existing cache.
-_IDENTITY_FIELDS = ("model", "hooks", "dtype", "ctx_len", "contexts_per_shard", "n_contexts_requested",
+_IDENTITY_FIELDS = ("model", "hooks", "dtype", "compute_dtype", "ctx_len", "contexts_per_shard", "n_contexts_requested",
                     "dataset", "prepend_bos")
 
 
@@ -35,8 +36,9 @@ class CacheConfig:
     """What `saekit cache` runs: model, dataset, hook points and the shape of the cache."""
 
     out: str = doc("cache directory to write (created; resumed when it holds a partial cache)", "runs/cache")
-    model: str = doc("TransformerLens model name, a local model directory, or 'tiny' (the offline tiny LM)",
-                     "tiny")
+    model: str = doc("'tiny' (the offline tiny LM), 'gemma-3-270m' (packaged, offline), a .gguf file, a local "
+                     "model directory or a TransformerLens name", "tiny")
+    tl_name: str = doc("with a .gguf model: its TransformerLens name ('' = from the file's metadata)", "")
     init: str = doc("weights: trained | random | random-keep-embeddings | step0 | gaussian-embeddings",
                     "trained")
     model_seed: int = doc("seed of the re-drawn weights (random variants) or the Gaussian noise", 0)
@@ -52,6 +54,8 @@ class CacheConfig:
     batch_size: int = doc("contexts per forward pass", 32)
     shard_tokens: int = doc("tokens per shard (rounded down to whole contexts)", 1 << 18)
     dtype: str = doc("activation dtype on disk: float32 | float16 | bfloat16", "float32")
+    compute_dtype: str = doc("forward pass: float32, or bfloat16 (bf16 autocast: ~2x faster on CPU, activations "
+                             "within ~2% relative error of float32)", "float32")
     device: str = doc("device of the forward pass ('auto': cuda when available, else cpu)", "auto")
 
 
@@ -139,16 +143,20 @@ def write_cache(
     prepend_bos: bool = True,
     extra: dict[str, Any] | None = None,
     progress: bool = True,
+    compute_dtype: str = "float32",
 ) -> dict[str, Any]:
     """Run `model` over packed contexts and write the activations of `hooks` to a cache at `out`.
 
     blocks: an iterator of PackedContexts in dataset order (any block size); the first `n_contexts`
         contexts are cached. Shards already complete in `out` are skipped without a forward pass.
-    Returns the manifest. Under torchrun (RANK/WORLD_SIZE set, process group initialised) each rank
+    compute_dtype "bfloat16" runs the forward passes under bf16 autocast (the stored activations are
+    then those of the bf16 forward, recorded in the manifest). Returns the manifest. Under torchrun (RANK/WORLD_SIZE set, process group initialised) each rank
     writes its share of the shards; rank 0 writes the manifest.
     """
     if dtype not in DTYPES:
         raise CacheError(f"dtype {dtype!r}: use one of {sorted(DTYPES)}")
+    if compute_dtype not in COMPUTE_DTYPES:
+        raise CacheError(f"compute_dtype {compute_dtype!r}: use one of {', '.join(COMPUTE_DTYPES)}")
     out = Path(out)
     rank, world = _dist_info()
     device = next(model.parameters()).device
@@ -161,7 +169,7 @@ def write_cache(
     manifest: dict[str, Any] = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "saekit_version": saekit.__version__,
         "model": getattr(model, "saekit_info", {"name": model.cfg.model_name}),
-        "hooks": dims, "dtype": dtype, "ctx_len": ctx_len, "prepend_bos": prepend_bos,
+        "hooks": dims, "dtype": dtype, "compute_dtype": compute_dtype, "ctx_len": ctx_len, "prepend_bos": prepend_bos,
         "contexts_per_shard": contexts_per_shard, "n_contexts_requested": n_contexts,
         "dataset": dataset_info or {}, **(extra or {}),
         "complete": False, "n_contexts": None, "n_tokens": None, "n_shards": None,
@@ -181,7 +189,8 @@ def write_cache(
     mine = [i for i in range(n_shards_planned) if i % world == rank and i not in done]
     torch_dtype = DTYPES[dtype]
     stop = _stop_layer(hooks)
-    bar = tqdm(total=len(mine) * contexts_per_shard * ctx_len, unit="tok", unit_scale=True,
+    n_mine = sum(min(contexts_per_shard, n_contexts - i * contexts_per_shard) for i in mine)
+    bar = tqdm(total=n_mine * ctx_len, unit="tok", unit_scale=True,
                desc=f"cache rank {rank}" if world > 1 else "cache", disable=not progress or not mine)
     shard_rows: list[PackedContexts] = []
     n_seen = 0
@@ -191,7 +200,8 @@ def write_cache(
     def flush(index: int, rows: list[PackedContexts]) -> None:
         tokens = np.concatenate([r.tokens for r in rows])
         docs = np.concatenate([r.doc_index for r in rows])
-        acts = _run_shard(model, tokens, hooks, dims, torch_dtype, batch_size, stop, device, bar)
+        acts = _run_shard(model, tokens, hooks, dims, torch_dtype, batch_size, stop, device, bar,
+                          autocast=compute_dtype == "bfloat16")
         _save_shard_and_record(out, index, index * contexts_per_shard, tokens, docs, acts)
 
     def blocks_all() -> Iterator[PackedContexts]:
@@ -284,7 +294,7 @@ def write_array_cache(out: str | Path, acts: dict[str, torch.Tensor], contexts_p
 
 def _run_shard(model: Any, tokens: np.ndarray, hooks: list[str], dims: dict[str, int],
                dtype: torch.dtype, batch_size: int, stop: int | None, device: torch.device,
-               bar: Any) -> dict[str, torch.Tensor]:
+               bar: Any, autocast: bool = False) -> dict[str, torch.Tensor]:
     """Forward passes over one shard's contexts; hooks copy straight into the shard's buffers.
 
     tokens: [n, ctx_len]. Returns {hook: [n * ctx_len, d_in] tensor on the CPU in `dtype`}.
@@ -303,7 +313,7 @@ def _run_shard(model: Any, tokens: np.ndarray, hooks: list[str], dims: dict[str,
 
     fwd_hooks = [(h, make_hook(h)) for h in hooks]
     token_tensor = torch.from_numpy(tokens.astype(np.int64))
-    with torch.inference_mode():
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
         for start in range(0, n, batch_size):
             batch = token_tensor[start:start + batch_size].to(device, non_blocking=True)
             cursor[0] = start * ctx_len
@@ -326,7 +336,8 @@ def cache_activations(config: CacheConfig, progress: bool = True) -> dict[str, A
         torch.distributed.init_process_group(backend)
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    model = load_model(_model_source(config.model), init=config.init, seed=config.model_seed, device=device)
+    model = load_model(_model_source(config.model), init=config.init, seed=config.model_seed, device=device,
+                       tl_name=config.tl_name or None)
     tokenizer = model.tokenizer
     if tokenizer is None:
         raise CacheError(f"model {config.model!r} has no tokenizer; cannot tokenize dataset {config.dataset!r}")
@@ -350,7 +361,7 @@ def cache_activations(config: CacheConfig, progress: bool = True) -> dict[str, A
     return write_cache(model, batched_contexts(contexts, config.batch_size), config.out, config.hooks,
                        n_contexts, contexts_per_shard, config.dtype, config.batch_size, dataset_info,
                        prepend_bos, extra={"config": config_to_dict(config) | {"out": None, "device": None}},
-                       progress=progress)
+                       progress=progress, compute_dtype=config.compute_dtype)
 
 
 def _model_source(name: str) -> Any:

@@ -59,14 +59,9 @@ class EvalConfig:
 
 
 def _model_for(manifest: dict[str, Any], config: EvalConfig, device: torch.device) -> Any:
-    from saekit.models import load_model
+    from saekit.models import reload_model
 
-    info = manifest.get("model", {})
-    source = config.model or (info.get("source") if info.get("source_kind") in ("local", "hub") else None)
-    if not source:
-        raise ValueError(f"the cache's manifest does not say how to reload its model ({info}); pass --model")
-    return load_model(source, init=config.init or info.get("init", "trained"), seed=int(info.get("seed", 0)),
-                      device=str(device))
+    return reload_model(manifest.get("model", {}), config.model, config.init, str(device))
 
 
 def check_sae_against_cache(sae: SAE, manifest: dict[str, Any], cache: str | Path) -> str:

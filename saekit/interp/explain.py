@@ -103,15 +103,11 @@ def resolve_records(path: str | Path) -> Path:
 
 
 def _load_model(records: LatentRecords, config: ExplainConfig, device: torch.device, required: bool) -> Any:
-    from saekit.models import load_model
+    from saekit.models import reload_model
 
-    info = records.meta.get("model", {})
-    source = config.model or (info.get("source") if info.get("source_kind") in ("local", "hub") else None)
     try:
-        if not source:
-            raise ValueError(f"the records' cache does not say how to reload its model ({info}); pass --model")
-        return load_model(source, init=config.init or info.get("init", "trained"), seed=int(info.get("seed", 0)),
-                          device=str(device))
+        return reload_model(records.meta.get("model", {}), config.model, config.init, str(device),
+                            what="the records' cache")
     except Exception as error:
         if required:
             raise

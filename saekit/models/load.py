@@ -49,6 +49,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from saekit.files import file_sha256
+from saekit.models.gguf import HF_TOKENIZER_DIR, PACKAGED_MODELS, gguf_model_dir, is_gguf_source
 from saekit.models.tokenizer import raw_tokenizer, read_tokenizer
 
 INIT_VARIANTS = ("trained", "random", "random-keep-embeddings", "step0", "gaussian-embeddings")
@@ -144,16 +145,16 @@ def save_state_dict(model: HookedTransformer, path: str | Path) -> None:
 
 
 def save_model_dir(model: HookedTransformer, path: str | Path,
-                   tokenizer: Tokenizer | PreTrainedTokenizerBase | None = None) -> Path:
+                   tokenizer: Tokenizer | PreTrainedTokenizerBase | None | bool = None) -> Path:
     """Save `model` as a saekit model folder: `tokenizer.json`, `model.safetensors`, `config.json`.
 
     The tokenizer is `tokenizer` or else `model.tokenizer` when that is a fast tokenizer (a slow
-    one is not saved). `config.json` is written last, so a folder with it is complete.
+    one is not saved; `tokenizer=False` saves none: a GGUF's folder keeps its own under `hf_tokenizer/`). `config.json` is written last, so a folder with it is complete.
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tokenizer = tokenizer if tokenizer is not None else model.tokenizer
-    if isinstance(tokenizer, (Tokenizer, PreTrainedTokenizerFast)):
+    if tokenizer is not False and isinstance(tokenizer, (Tokenizer, PreTrainedTokenizerFast)):
         tok = raw_tokenizer(tokenizer)
         _write_atomic(path / TOKENIZER_FILE, lambda tmp: tok.save(str(tmp)))
     save_state_dict(model, path / WEIGHTS_FILE)
@@ -197,14 +198,22 @@ def _build(cfg: HookedTransformerConfig, tokenizer: PreTrainedTokenizerBase | No
     return model
 
 
-def _load_weights(model: HookedTransformer, file: Path) -> None:
-    """Load every parameter of `model` from a safetensors file of `save_state_dict`."""
+def _load_weights(model: HookedTransformer, file: Path, names: tuple[str, ...] | None = None) -> None:
+    """Load every parameter of `model` (or only `names`) from a safetensors file of `save_state_dict`.
+
+    The loaded tensors replace the model's (`assign=True`), so no second copy of the weights stays
+    in memory.
+    """
     state = load_file(str(file))
-    names = {name for name, _ in model.named_parameters()}
-    missing, unexpected = sorted(names - set(state)), sorted(set(state) - names)
+    params = dict(model.named_parameters())
+    if names is not None:
+        state = {k: v for k, v in state.items() if k in names}
+        params = {k: v for k, v in params.items() if k in names}
+    missing, unexpected = sorted(set(params) - set(state)), sorted(set(state) - set(params))
     if missing or unexpected:
         raise ValueError(f"{file}: does not fit the config: missing {missing}, unexpected {unexpected}")
-    model.load_state_dict({k: v.to(model.cfg.dtype) for k, v in state.items()}, strict=False)
+    state = {k: v.to(device=params[k].device, dtype=params[k].dtype) for k, v in state.items()}
+    model.load_state_dict(state, strict=False, assign=True)
 
 
 def _randomised(trained: HookedTransformer, seed: int, keep_embeddings: bool) -> HookedTransformer:
@@ -267,7 +276,23 @@ def _hub_model(name: str, init: str, device: str, dtype: torch.dtype) -> HookedT
     return HookedTransformer.from_pretrained_no_processing(name, checkpoint_value=0, device=device, dtype=dtype)
 
 
-def _local_model(path: Path, init: str, device: str, dtype: torch.dtype) -> HookedTransformer:
+def _folder_tokenizer(path: Path) -> PreTrainedTokenizerBase | None:
+    """A model folder's tokenizer: `tokenizer.json` (saekit's BPE) or `hf_tokenizer/` (a GGUF's own)."""
+    if (path / TOKENIZER_FILE).is_file():
+        return read_tokenizer(path)
+    if (path / HF_TOKENIZER_DIR).is_dir():
+        from transformers import AutoTokenizer
+
+        # add_bos_token=True in its init kwargs, or TransformerLens's set_tokenizer loads it a second time
+        return AutoTokenizer.from_pretrained(str(path / HF_TOKENIZER_DIR), add_bos_token=True)
+    return None
+
+
+def _local_model(path: Path, init: str, device: str, dtype: torch.dtype,
+                 seed: int | None = None) -> HookedTransformer:
+    """A model folder as `init`. For the random variants the trained weights are never loaded (only
+    the kept embeddings are read), so one copy of the model is in memory at a time; the buffers come
+    from the config, as they do for trained."""
     if not (path / CONFIG_FILE).is_file():
         raise FileNotFoundError(f"{path}: not a saekit model folder (no {CONFIG_FILE})")
     weights = path / STEP0_DIR / WEIGHTS_FILE if init == "step0" else path / WEIGHTS_FILE
@@ -275,7 +300,16 @@ def _local_model(path: Path, init: str, device: str, dtype: torch.dtype) -> Hook
         what = "a step-0 checkpoint (train_tiny_lm writes one)" if init == "step0" else "weights"
         raise FileNotFoundError(f"{path}: no {what} at {weights}")
     cfg = config_from_json_dict(json.loads((path / CONFIG_FILE).read_text()), device=device, dtype=dtype)
-    tokenizer = read_tokenizer(path) if (path / TOKENIZER_FILE).is_file() else None
+    tokenizer = _folder_tokenizer(path)
+    if init in ("random", "random-keep-embeddings"):
+        if cfg.seed == seed:
+            warnings.warn(f"random init with seed={seed}, the seed the model itself was initialised with: "
+                          "this re-draws its own initial (step-0) weights; pass another seed for a fresh draw")
+        model = _build(cfg, tokenizer, init_weights=True, seed=seed)
+        if init == "random-keep-embeddings":
+            kept = tuple(n for n, _ in model.named_parameters() if n in KEPT_EMBEDDING_PARAMS)
+            _load_weights(model, weights, names=kept)
+        return model
     model = _build(cfg, tokenizer, init_weights=False)
     _load_weights(model, weights)
     return model
@@ -287,9 +321,13 @@ def load_model(
     seed: int = 0,
     device: str = "cpu",
     dtype: torch.dtype = torch.float32,
+    tl_name: str | None = None,
 ) -> HookedTransformer:
     """Load `source` as variant `init` (one of `INIT_VARIANTS`; see the module's table).
 
+    `source`: a TransformerLens name, a `HookedTransformerConfig`, a saekit model folder,
+    `"saekit-tiny-lm"`, `"gemma-3-270m"` (the packaged GGUF) or a `.gguf` file (`tl_name` names its
+    TransformerLens model when the file's metadata does not; see `saekit.models.gguf`).
     `seed` seeds the re-drawn weights of `random*` and the noise of `gaussian-embeddings`; it does
     nothing for `trained`/`step0`. `device`/`dtype` override any in a config. The model comes in
     eval mode, with `model.tokenizer` when there is one, and `model.saekit_info` (a JSON-safe dict
@@ -301,7 +339,16 @@ def load_model(
 
         source = ensure_tiny_lm()
     info: dict[str, Any] = {"init": init, "seed": seed}
-    if isinstance(source, HookedTransformerConfig):
+    if is_gguf_source(source):
+        if init == "step0":
+            raise ValueError(f"init='step0': {source} ships no step-0 (untrained) checkpoint; use random, "
+                             f"random-keep-embeddings or gaussian-embeddings")
+        folder, converted = gguf_model_dir(source, tl_name)
+        trained = _local_model(folder, init, device, dtype, seed=seed)
+        source_name = str(source) if str(source) in PACKAGED_MODELS else converted["gguf"]
+        info.update(source=source_name, source_kind="gguf", tl_name=converted["tl_name"],
+                    gguf_sha256=converted["gguf_sha256"])
+    elif isinstance(source, HookedTransformerConfig):
         if init == "step0":
             raise ValueError("init='step0' needs a hub name or a local folder, not a bare config")
         cfg = dataclasses.replace(source, device=device, dtype=dtype)
@@ -309,7 +356,7 @@ def load_model(
         info.update(source="config", source_kind="config", model_seed=source.seed)
     elif Path(str(source)).expanduser().is_dir():
         path = Path(str(source)).expanduser().resolve()
-        trained = _local_model(path, init, device, dtype)
+        trained = _local_model(path, init, device, dtype, seed=seed)
         weights = path / STEP0_DIR / WEIGHTS_FILE if init == "step0" else path / WEIGHTS_FILE
         info.update(source=str(path), source_kind="local", weights_sha256=file_sha256(weights))
     elif isinstance(source, Path) or str(source).startswith((".", "/", "~")):
@@ -318,7 +365,7 @@ def load_model(
         trained = _hub_model(str(source), init, device, dtype)
         info.update(source=str(source), source_kind="hub")
 
-    if init in ("random", "random-keep-embeddings"):
+    if init in ("random", "random-keep-embeddings") and info.get("source_kind") not in ("local", "gguf"):
         model = _randomised(trained, seed, keep_embeddings=init == "random-keep-embeddings")
         del trained
     else:
@@ -335,3 +382,34 @@ def load_model(
                 default_prepend_bos=bool(cfg.default_prepend_bos), dtype=str(cfg.dtype).removeprefix("torch."))
     model.saekit_info = info
     return model
+
+
+RELOADABLE_SOURCE_KINDS = ("local", "hub", "gguf")
+
+
+def reload_model(info: dict[str, Any], model: str = "", init: str = "", device: str = "cpu",
+                 what: str = "the cache") -> HookedTransformer:
+    """Load again the model a cache's manifest names (`info` is its `model` entry, `model.saekit_info`
+    as written): `model`/`init` override the recorded source/variant. ValueError naming `what` when
+    the manifest does not say how to reload it (a bare config, say)."""
+    source = model or (info.get("source") if info.get("source_kind") in RELOADABLE_SOURCE_KINDS else None)
+    if not source:
+        raise ValueError(f"{what}'s manifest does not say how to reload its model ({info}); pass --model")
+    tl_name = info.get("tl_name") if not model and info.get("source_kind") == "gguf" else None
+    key = (str(source), init or info.get("init", "trained"), int(info.get("seed", 0)), str(device), tl_name)
+    if key not in _last_reloaded:
+        _last_reloaded.clear()  # at most one model held: Gemma 3 270M is 1.1 GB in float32
+        _last_reloaded[key] = load_model(key[0], init=key[1], seed=key[2], device=device, tl_name=tl_name)
+    model = _last_reloaded[key]
+    model.reset_hooks(including_permanent=False)
+    return model
+
+
+_last_reloaded: dict[tuple, HookedTransformer] = {}
+"""The model `reload_model` gave last: the stages of one process (eval of each SAE of a grid, explain,
+score) share it instead of loading it again (a random Gemma re-draws 270M weights: ~15 s)."""
+
+
+def forget_reloaded_model() -> None:
+    """Drop the model `reload_model` keeps (frees its memory)."""
+    _last_reloaded.clear()
