@@ -1,13 +1,15 @@
 """`make demo` / `saekit demo [--config FILE] [--field value ...]`: the whole pipeline on one config.
 
-On the embedded default (the offline tiny LM, CPU, about 5 minutes on 2 idle cores):
+On the embedded default, Gemma 3 270M (the packaged GGUF; CPU, under 10 minutes on 2 idle cores),
+with the hook, token budget and widths of `MODEL_PRESETS` (`--model tiny`: the offline tiny LM):
 
-1. model: train the tiny LM once (reused afterwards) or load the configured one;
+1. model: convert the GGUF once (or train the tiny LM once; reused afterwards) or load the configured one;
 2. caches: its activations at `hook`, for each init variant (`trained` and Heap et al.'s `random`
    re-initialised copy), in `OUT/cache-<init>`;
 3. SAEs: TopK SAEs, `widths` x `seeds` on each cache in one pass (`OUT/sae-<init>/<hook>/...`);
 4. eval: FVU, L0, dead latents, CE recovered on the held-out contexts (`eval.json` per SAE);
-5. match: the seeds of each width (`OUT/match/<init>-<width>`), the fraction of latents shared;
+5. match: the seeds of each width (`OUT/match/<init>-<width>`), the fraction of latents shared, and
+   the same matching between untrained SAEs (`OUT/match/null-<width>`): the chance baseline;
 6. describe: `n_latents` live latents of seed 0 (a seeded sample) and their decoder partners in the
    other seeds are collected into records (`<sae>/records`) and described with MaxAct, VocabProj
    and TokenChange (raw offline descriptions, or an LLM: see `llm_settings`); seed 0's are scored
@@ -45,33 +47,35 @@ class DemoConfig:
     """The demo: model and caches, the SAE grid, matching, and how many latents to describe and score."""
 
     out: str = doc("run directory", "runs/demo")
-    model: str = doc("'tiny' (the offline tiny LM, trained on first use), a model folder or a TransformerLens name",
-                     "tiny")
+    model: str = doc("'gemma-3-270m' (packaged, offline), 'tiny' (the offline tiny LM, trained on first use), a "
+                     ".gguf file, a model folder or a TransformerLens name", "gemma-3-270m")
     inits: list[str] = doc("init variants to compare (Heap et al.)", default_factory=lambda: ["trained", "random"])
     model_seed: int = doc("seed of the re-drawn weights of the random init variants", 0)
-    hook: str = doc("hook point", "blocks.1.hook_resid_post")
+    hook: str = doc("hook point (None: the model's preset, see MODEL_PRESETS)", None)
     dataset: str = doc("dataset to cache: stdlib-docstrings, a local file, or a hub dataset name", "stdlib-docstrings")
-    n_tokens: int = doc("tokens cached per init variant (the last 5 percent of contexts are held out)", 200_000)
+    n_tokens: int = doc("tokens cached per init variant (the last 5 percent of contexts are held out)", None)
     cache_dtype: str = doc("dtype of the cached activations: float32 | float16 | bfloat16", "float32")
-    widths: list[int] = doc("SAE widths (d_sae), each trained with every seed", default_factory=lambda: [256, 1024])
-    k: int = doc("TopK k", 8)
+    compute_dtype: str = doc("forward pass of the cache: float32 | bfloat16 (autocast)", None)
+    widths: list[int] = doc("SAE widths (d_sae), each trained with every seed", None)
+    k: int = doc("TopK k", None)
     seeds: list[int] = doc("SAE seeds (two or more: they are matched)", default_factory=lambda: [0, 1])
-    train_tokens: int = doc("training tokens per SAE (several epochs when more than the cache holds)", 400_000)
-    batch_size: int = doc("training batch (tokens)", 512)
+    train_tokens: int = doc("training tokens per SAE (several epochs when more than the cache holds)", None)
+    batch_size: int = doc("training batch (tokens)", None)
     lr: float | None = doc("Adam learning rate (None: the trainer's default per width)", None)
-    dead_tokens: int = doc("tokens without firing before a latent counts as dead (AuxK revives it)", 100_000)
-    eval_tokens: int = doc("held-out tokens evaluated (the cache's last contexts)", 10_000)
-    ce_contexts: int = doc("contexts of the CE/KL splice", 32)
+    dead_tokens: int = doc("tokens without firing before a latent counts as dead (AuxK revives it)", None)
+    eval_tokens: int = doc("held-out tokens evaluated (the cache's last contexts)", None)
+    ce_contexts: int = doc("contexts of the CE/KL splice", None)
     threshold: float = doc("matching: a latent is shared when both matched cosines reach this", 0.7)
     n_latents: int = doc("live latents of seed 0 described and scored per width (and their partners in the other "
                          "seeds described)", 24)
     min_frequency: float = doc("seed 0's described latents are sampled among those active on at least this "
                                "fraction of the evaluated tokens (rarer ones leave too few windows to score)", 1e-3)
-    collect_tokens: int = doc("tokens scanned for latent records (the cache's last contexts)", 60_000)
+    collect_tokens: int = doc("tokens scanned for latent records (the cache's last contexts)", None)
     methods: list[str] = doc("explanation methods", default_factory=lambda: ["maxact", "vocabproj", "tokenchange"])
     scorers: list[str] = doc("scorers (embedding needs no LLM; the others need a backend)",
                              default_factory=lambda: ["embedding"])
     score_windows: int = doc("activating and non-activating windows per latent for the scorers", 10)
+    tc_sequences: int = doc("TokenChange: sequences generated per latent", None)
     backend: str = doc("explainer/judge: '' = $SAEKIT_LLM_BACKEND or none | none | openai | transformers", "")
     llm_model: str = doc("LLM model name ('' = $SAEKIT_LLM_MODEL)", "")
     llm: dict[str, Any] = doc("other LLMConfig fields, e.g. {\"base_url\": ...} ($SAEKIT_LLM_BASE_URL / "
@@ -82,6 +86,11 @@ class DemoConfig:
     def __post_init__(self) -> None:
         from saekit.interp.explain import canonical_method
         from saekit.interp.score import canonical_scorer
+
+        preset = MODEL_PRESETS.get(self.model, MODEL_PRESETS["tiny"])
+        for name, value in preset.items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
 
         if len(self.seeds) < 2 or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"DemoConfig.seeds: give two or more distinct seeds (they are matched), got {self.seeds}")
@@ -95,6 +104,20 @@ class DemoConfig:
                 raise ValueError(f"DemoConfig.{name} must be >= 1, got {getattr(self, name)}")
         self.methods = [canonical_method(m) for m in self.methods]
         self.scorers = [canonical_scorer(s) for s in self.scorers]
+
+
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    # Gemma 3 270M (18 layers): blocks.13 is where both halves show on a CPU budget: its latents' MaxAct
+    # examples are legible and their VocabProj is the story (at blocks.6 VocabProj is subword noise).
+    "gemma-3-270m": dict(hook="blocks.13.hook_resid_post", n_tokens=100_000, compute_dtype="bfloat16",
+                         widths=[1024, 4096], k=32, train_tokens=400_000, batch_size=1024, dead_tokens=200_000,
+                         eval_tokens=5_000, ce_contexts=4, collect_tokens=40_000, tc_sequences=8),
+    # the offline tiny LM (2 layers, d_model 128): the quick look (`saekit demo --model tiny`)
+    "tiny": dict(hook="blocks.1.hook_resid_post", n_tokens=100_000, compute_dtype="float32", widths=[256, 1024],
+                 k=8, train_tokens=200_000, batch_size=512, dead_tokens=50_000, eval_tokens=5_000, ce_contexts=16,
+                 collect_tokens=40_000, tc_sequences=8),
+}
+"""DemoConfig fields left None take the values of the model's preset ('tiny' for any other model)."""
 
 
 def llm_settings(config: DemoConfig) -> tuple[str, str, dict[str, Any]]:
@@ -149,7 +172,8 @@ def build_caches(config: DemoConfig, source: str, progress: bool) -> dict[str, s
         if not ((out / "manifest.json").exists() and read_manifest(out).get("complete")):
             settings = CacheConfig(out=str(out), model=source, init=init, model_seed=config.model_seed,
                                    hooks=[config.hook], n_tokens=config.n_tokens, dataset=config.dataset,
-                                   dtype=config.cache_dtype, device=config.device)
+                                   dtype=config.cache_dtype, compute_dtype=config.compute_dtype,
+                                   device=config.device)
             manifest = cache_activations(settings, progress)
             print(f"[demo] cached {manifest['n_tokens']:,} tokens of the {init} model: {out}", flush=True)
         caches[init] = str(out)
@@ -209,6 +233,29 @@ def match_seeds(config: DemoConfig, caches: dict[str, str], progress: bool) -> N
                                        device=config.device), progress)
 
 
+def null_sae_dirs(config: DemoConfig, width: int) -> list[Path]:
+    """Untrained SAEs (the trainer's init, one per seed) that saw no data: the matching's null baseline."""
+    return [Path(config.out) / "null" / f"topk-{width}-k{config.k}-seed{seed}" for seed in config.seeds]
+
+
+def match_null(config: DemoConfig, d_in: int, progress: bool) -> None:
+    """Match untrained SAEs of every width as the trained ones are matched (`OUT/match/null-<width>`):
+    how much two seeds' latents agree by chance, in the same d_in and width."""
+    from saekit.match import MatchConfig, match_saes
+    from saekit.sae import SAEConfig, build_sae, save_sae
+
+    for width in config.widths:
+        out = match_dir(config, "null", width)
+        if (out / "match.json").exists():
+            continue
+        for seed, folder in zip(config.seeds, null_sae_dirs(config, width)):
+            if not (folder / "cfg.json").exists():
+                save_sae(build_sae(SAEConfig(architecture="topk", d_in=d_in, d_sae=width, k=config.k,
+                                             hook_name=config.hook, seed=seed)), folder)
+        match_saes(MatchConfig(saes=[str(d) for d in null_sae_dirs(config, width)], out=str(out),
+                               threshold=config.threshold, figures=False, device=config.device), progress)
+
+
 def chosen_latents(config: DemoConfig, init: str, width: int) -> list[list[int]]:
     """Per seed, the latents to describe: a seeded sample of `n_latents` latents of seed 0 active on at
     least `min_frequency` of the evaluated tokens (eval.json), then each one's decoder partner in every
@@ -255,7 +302,7 @@ def describe_latents(config: DemoConfig, caches: dict[str, str], progress: bool)
                                                   device=config.device), progress)
                 if not (records / "explanations.jsonl").exists():
                     explain_latents(ExplainConfig(records=str(records), methods=config.methods, vocab_tokens=20,
-                                                  tc_sequences=16, backend=backend, llm_model=llm_model, llm=llm,
+                                                  tc_sequences=config.tc_sequences, backend=backend, llm_model=llm_model, llm=llm,
                                                   device=config.device), progress=progress)
                 if seed == config.seeds[0] and not (records / "scores.jsonl").exists():
                     if embedder is None and "embedding" in config.scorers:
@@ -289,18 +336,30 @@ def summarize(config: DemoConfig) -> dict[str, Any]:
         for width in config.widths:
             evals = [json.loads((d / "eval.json").read_text()) for d in sae_dirs(config, init, width)]
             match = json.loads((match_dir(config, init, width) / "match.json").read_text())
-            pairs = list(match["pairs"].values())
             by_width[init][str(width)] = {
                 **{key: _mean([e.get(key) for e in evals]) for key in ("fvu", "l0", "dead_fraction", "ce_loss_score")},
-                "fraction_shared": _mean([p["fraction_shared"] for p in pairs]),
-                "decoder_mean_cos": _mean([p["decoder"]["mean_matched_cos"] for p in pairs]),
+                **match_numbers(match),
             }
             rows += read_scores(sae_dirs(config, init, width)[0] / "records" / "scores.jsonl")
         scores[init] = {scorer: {method: {k: s[k] for k in ("mean", "n", "ci_low", "ci_high", "chance", "n_failed")}
                                  for method, s in methods.items()}
                         for scorer, methods in summarize_scores(rows, n_boot=200).items()}
+    null = {str(w): {**match_numbers(json.loads((match_dir(config, "null", w) / "match.json").read_text())),
+                     "same_partner": None}  # 1 by construction at init (decoder = encoder^T): no baseline
+            for w in config.widths if (match_dir(config, "null", w) / "match.json").exists()}
     return {"format": SUMMARY_FORMAT, "format_version": 1, "config": config_to_dict(config),
-            "llm_backend": llm_settings(config)[0], "by_width": by_width, "scores": scores}
+            "llm_backend": llm_settings(config)[0], "by_width": by_width, "null_matching": null, "scores": scores}
+
+
+def match_numbers(match: dict[str, Any]) -> dict[str, Any]:
+    """Mean over a match.json's pairs: fraction shared at the threshold, fraction whose decoder and
+    encoder assignments pick the same partner, mean matched decoder cosine, and the threshold curve."""
+    pairs = list(match["pairs"].values())
+    curves = [p.get("threshold_curve") or [] for p in pairs]
+    return {"fraction_shared": _mean([p["fraction_shared"] for p in pairs]),
+            "same_partner": _mean([p.get("fraction_same_partner") for p in pairs]),
+            "decoder_mean_cos": _mean([p["decoder"]["mean_matched_cos"] for p in pairs]),
+            "threshold_curve": curves[0] if len(curves) == 1 else curves}
 
 
 def summary_table(summary: dict[str, Any]) -> list[str]:
@@ -310,11 +369,19 @@ def summary_table(summary: dict[str, Any]) -> list[str]:
 
     threshold = summary["config"]["threshold"]
     lines = [f"{'model':<10}{'d_sae':>7}{'FVU':>9}{'L0':>8}{'dead':>8}{'CE rec':>9}{f'shared@{threshold}':>13}"
-             f"{'dec cos':>9}"]
-    for init, widths in summary["by_width"].items():
-        for width, r in widths.items():
-            lines.append(f"{init:<10}{width:>7}{num(r['fvu'], 9, 4)}{num(r['l0'], 8, 1)}{num(r['dead_fraction'], 8)}"
-                         f"{num(r['ce_loss_score'], 9)}{num(r['fraction_shared'], 13)}{num(r['decoder_mean_cos'], 9)}")
+             f"{'same ptnr':>11}{'dec cos':>9}"]
+    rows = [(init, width, r) for init, widths in summary["by_width"].items() for width, r in widths.items()]
+    rows += [("untrained", width, {"fvu": None, "l0": None, "dead_fraction": None, "ce_loss_score": None, **r})
+             for width, r in summary.get("null_matching", {}).items()]
+    for init, width, r in rows:
+        lines.append(f"{init:<10}{width:>7}{num(r['fvu'], 9, 4)}{num(r['l0'], 8, 1)}{num(r['dead_fraction'], 8)}"
+                     f"{num(r['ce_loss_score'], 9)}{num(r['fraction_shared'], 13)}{num(r.get('same_partner'), 11)}"
+                     f"{num(r['decoder_mean_cos'], 9)}")
+    if summary.get("null_matching"):
+        lines.append("(untrained: two seeds' SAEs at initialisation, no data: the matching's null baseline)")
+    if any(init != "trained" for init in summary["by_width"]):
+        lines.append("(CE rec of a randomly initialised model is ill-conditioned: its CE is near log(vocab) "
+                     "whatever the hook holds, so CE zero - CE clean is tiny)")
     for scorer in dict.fromkeys(s for by in summary["scores"].values() for s in by):
         found = {m for by in summary["scores"].values() for m in by.get(scorer, {})}
         asked = summary["config"]["methods"]
@@ -352,9 +419,12 @@ def run_demo(config: DemoConfig, progress: bool = True) -> dict[str, Any]:
     step("train", train_saes, config, caches, progress)
     step("eval", evaluate_saes, config, caches, progress)
     step("match", match_seeds, config, caches, progress)
+    d_in = json.loads((sae_dirs(config, config.inits[0], config.widths[0])[0] / "cfg.json").read_text())["d_in"]
+    step("match_null", match_null, config, d_in, progress)
     step("describe", describe_latents, config, caches, progress)
     summary = step("summarize", summarize, config)
-    report = step("report", lambda: write_report(config.out, max_latents=config.report_latents))
+    report = step("report", lambda: write_report(config.out, max_latents=config.report_latents, n_top=5,
+                                                 n_per_quantile=1))
     seconds["total"] = round(time.time() - started, 1)
     summary.update(report=str(report), seconds=seconds)
     write_json_atomic(Path(config.out) / SUMMARY_FILE, summary)

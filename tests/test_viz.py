@@ -29,10 +29,11 @@ def test_token_shading_escapes_text_and_scales_colour_by_activation():
     assert "<b>" not in out and "</script>" not in out
     assert "&lt;b&gt;" in out and " a&amp;b" in out and "&lt;/script&gt;" in out and "&quot;q&quot;" in out
     spans = SPAN.findall(out)
-    assert len(spans) == len(tokens)
+    assert len(spans) == len(tokens) - 1  # the inactive token is a bare <span>, with no hover text
+    assert out.count("<span>&lt;b&gt;</span>") == 1
     alphas = [float(a) if a else 0.0 for a, _ in spans]
-    assert alphas == [0.0, 0.5, 1.0, 1.0, 0.0]  # act / max, clipped to [0, 1]
-    assert [float(t) for _, t in spans] == acts  # the value on hover
+    assert alphas == [0.5, 1.0, 1.0, 0.0]  # act / max, clipped to [0, 1]
+    assert [float(t) for _, t in spans] == acts[1:]  # the value on hover
     assert out.count("tok anchor") == 1 and 'class="tok anchor" style="background:rgba(255,100,0,1.000)"' in out
 
 

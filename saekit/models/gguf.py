@@ -141,9 +141,11 @@ def convert_gguf(path: str | Path, tl_name: str | None = None, out: str | Path |
         out = out.with_name(f"{out.name}-{re.sub(r'[^A-Za-z0-9.]+', '-', tl_name)}")
         if (out / CONVERTED_FILE).is_file():
             return out
-    meta = read_gguf_metadata(path)  # parses the whole vocabulary: ~15 s for Gemma's 262K tokens
-    check_gguf_architecture(path, meta)
-    tl_name = tl_name or guess_tl_name(path, meta)
+    meta: dict[str, Any] = {}
+    if tl_name is None:  # reading the metadata parses the whole vocabulary: ~15 s for Gemma's 262K tokens
+        meta = read_gguf_metadata(path)
+        check_gguf_architecture(path, meta)
+        tl_name = guess_tl_name(path, meta)
     from transformer_lens import HookedTransformer
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -156,6 +158,7 @@ def convert_gguf(path: str | Path, tl_name: str | None = None, out: str | Path |
     except (ValueError, KeyError, NotImplementedError) as e:
         raise GGUFError(f"{path}: transformers cannot dequantize this GGUF (general.architecture="
                         f"{architecture!r}): {e}") from None
+    architecture = architecture or getattr(hf_model.config, "model_type", None)
     if hasattr(hf_model.config, "quantization_config"):
         del hf_model.config.quantization_config  # the tensors are float32 now; TL refuses the GGUF entry
     try:

@@ -2,7 +2,8 @@
 
 Every string that reaches the page goes through `html.escape`, so a token such as `</script>` or
 `<b>` shows as text. A token's shade is `rgba(255, 100, 0, a)` with `a = clip(act / max_act, 0, 1)`
-(0 = no background); its hover text (`title`) is the activation value.
+(0 = no background); its hover text (`title`) is the activation value. Inactive tokens are bare
+`<span>`s (no shade, no hover text).
 """
 
 from __future__ import annotations
@@ -43,11 +44,15 @@ def show_token(token: str) -> str:
 
 
 def token_span(token: str, act: float, max_act: float, anchor: bool = False) -> str:
-    """One `<span class="tok">` shaded by act / max_act, with the activation as its hover text."""
+    """One token as a span: shaded by act / max_act with the activation as its hover text
+    (`<span class="tok" style=... title=...>`), or a bare `<span>` when the token is inactive (act 0)
+    and not the anchor: most tokens of a window are, and the bare form keeps the report small."""
+    if act == 0 and not anchor:
+        return f"<span>{show_token(token)}</span>"
     alpha = shade_alpha(act, max_act)
     style = f' style="background:rgba({SHADE_RGB[0]},{SHADE_RGB[1]},{SHADE_RGB[2]},{alpha:.3f})"' if alpha > 0 else ""
     cls = "tok anchor" if anchor else "tok"
-    return f'<span class="{cls}"{style} title="{act:.4g}" data-act="{act:.4g}">{show_token(token)}</span>'
+    return f'<span class="{cls}"{style} title="{act:.4g}">{show_token(token)}</span>'
 
 
 def shaded_tokens(tokens: list[str], acts: np.ndarray | list[float], max_act: float, anchor: int = -1) -> str:
@@ -62,9 +67,19 @@ def shaded_tokens(tokens: list[str], acts: np.ndarray | list[float], max_act: fl
     return f'<div class="ctx">{spans}</div>'
 
 
+SHOWN_BEFORE, SHOWN_AFTER = 20, 6
+"""Tokens of a window shown before and after its anchor (the max token): the context that led to the
+activation and a little of what follows; the rest of the recorded window is cut from the page."""
+
+
 def example_html(example: Example, text: TokenText, max_act: float) -> str:
-    """One recorded example window, shaded, with its max activation in front."""
-    body = shaded_tokens(text.many(example.tokens), example.acts, max_act, example.anchor_in_window)
+    """One recorded example window around its anchor (at most SHOWN_BEFORE tokens before it and
+    SHOWN_AFTER after), shaded, with its max activation in front."""
+    anchor = example.anchor_in_window
+    lo = max(0, anchor - SHOWN_BEFORE) if anchor >= 0 else 0
+    hi = min(len(example.tokens), (anchor if anchor >= 0 else SHOWN_BEFORE) + SHOWN_AFTER + 1)
+    body = shaded_tokens(text.many(example.tokens[lo:hi]), example.acts[lo:hi], max_act,
+                         anchor - lo if anchor >= 0 else -1)
     return f'<div class="example"><span class="value">{example.max_act:.3g}</span>{body}</div>'
 
 
