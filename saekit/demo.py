@@ -380,8 +380,8 @@ def summary_table(summary: dict[str, Any]) -> list[str]:
     if summary.get("null_matching"):
         lines.append("(untrained: two seeds' SAEs at initialisation, no data: the matching's null baseline)")
     if any(init != "trained" for init in summary["by_width"]):
-        lines.append("(CE rec of a randomly initialised model is ill-conditioned: its CE is near log(vocab) "
-                     "whatever the hook holds, so CE zero - CE clean is tiny)")
+        lines.append("(CE rec of a randomly initialised model can be ill-conditioned: its CE is near log(vocab) "
+                     "whatever the hook holds, so CE zero - CE clean can be tiny)")
     for scorer in dict.fromkeys(s for by in summary["scores"].values() for s in by):
         found = {m for by in summary["scores"].values() for m in by.get(scorer, {})}
         asked = summary["config"]["methods"]
