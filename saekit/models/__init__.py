@@ -13,7 +13,8 @@ Imports only `saekit.corpus` from saekit.
 
 from saekit.models.load import (INIT_VARIANT_DOCS, INIT_VARIANTS, KEPT_EMBEDDING_PARAMS, TINY_LM_NAME,
                                 add_gaussian_embedding_noise, config_from_json_dict, config_to_json_dict,
-                                is_model_dir, load_model, redrawn_parameters, reload_model, save_model_dir)
+                                is_model_dir, load_model, redrawn_parameters, save_model_dir)
+from saekit.models.reload import forget_reloaded_model, reload_model
 from saekit.models.gguf import GEMMA_3_270M, GGUFError, convert_gguf
 from saekit.models.tiny import default_tiny_lm_dir, ensure_tiny_lm, tiny_config, train_tiny_lm
 from saekit.models.tokenizer import (BOS_TOKEN, BOS_TOKEN_ID, raw_tokenizer, read_tokenizer, train_bpe_tokenizer,
@@ -22,6 +23,6 @@ from saekit.models.tokenizer import (BOS_TOKEN, BOS_TOKEN_ID, raw_tokenizer, rea
 __all__ = [
     "BOS_TOKEN", "BOS_TOKEN_ID", "INIT_VARIANT_DOCS", "INIT_VARIANTS", "KEPT_EMBEDDING_PARAMS", "TINY_LM_NAME",
     "add_gaussian_embedding_noise", "config_from_json_dict", "config_to_json_dict", "default_tiny_lm_dir",
-    "ensure_tiny_lm", "is_model_dir", "load_model", "reload_model", "GEMMA_3_270M", "GGUFError", "convert_gguf", "raw_tokenizer", "read_tokenizer", "redrawn_parameters",
+    "ensure_tiny_lm", "is_model_dir", "load_model", "reload_model", "forget_reloaded_model", "GEMMA_3_270M", "GGUFError", "convert_gguf", "raw_tokenizer", "read_tokenizer", "redrawn_parameters",
     "save_model_dir", "tiny_config", "train_bpe_tokenizer", "train_tiny_lm", "wrap_tokenizer",
 ]
