@@ -147,8 +147,8 @@ def token_match_auroc(records: Any, latent: int, n_activating: int, n_negatives:
     token it is), then AUROC of the latent's test windows against its random negatives, sampled as
     the embedding scorer samples them (the same windows). 1: the top tokens tell firing windows apart;
     0.5: chance. None when either side is empty."""
-    from saekit.interp.score_examples import latent_rng, select_examples
-    from saekit.interp.score_metrics import auroc
+    from saekit.interp.score.examples import latent_rng, select_examples
+    from saekit.interp.score.metrics import auroc
 
     ids, counts = np.unique(anchor_tokens(records.examples(latent, "top")), return_counts=True)
     weight = dict(zip(ids.tolist(), (counts / max(counts.sum(), 1)).tolist()))
@@ -312,7 +312,7 @@ def bootstrap_difference(a: list[float], b: list[float], n_boot: int, seed: int)
 def result_row(sae: dict[str, Any], latent_rows: list[dict[str, Any]], info: dict[str, float],
                config: RandomVsTrainedConfig, n_eligible: int) -> dict[str, Any]:
     """One row of results.csv: the SAE's eval metrics, mean scores with CIs, abstractness, token info."""
-    from saekit.interp.score_metrics import bootstrap_ci
+    from saekit.interp.score.metrics import bootstrap_ci
 
     e = sae["eval"]
     row = {"variant": sae["variant"], "name": f"{sae['variant']} seed{sae['seed']}", "seed": sae["seed"],
@@ -477,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     if n < 2:
         raise ValueError(f"only {n} eligible latents in some SAE ({[len(s['eligible']) for s in saes]}): raise "
                          f"candidates or cache_tokens, or lower min_examples")
-    from saekit.interp.explain import canonical_method
+    from saekit.interp.explain.run import canonical_method
 
     primary = (config.scorers[0], canonical_method(config.methods[0]))
     rows, latents = [], []

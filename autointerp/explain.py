@@ -22,7 +22,7 @@ from pathlib import Path
 
 from saekit.config import build_config, read_config_file
 from saekit.interp import CollectConfig, ExplainConfig, collect_records, explain_latents
-from saekit.interp.records import META_FILE
+from saekit.interp.records.format import META_FILE
 from saekit.sae.formats import output_dir_for
 
 

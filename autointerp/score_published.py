@@ -15,7 +15,7 @@ import sys
 
 from saekit.config import config_from_argv
 from saekit.interp.pipeline import PublishedConfig, score_published
-from saekit.interp.score import summary_lines
+from saekit.interp.score.run import summary_lines
 
 
 def main(argv: list[str] | None = None) -> int:

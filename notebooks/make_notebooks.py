@@ -315,7 +315,7 @@ pd.DataFrame(rows)[["latent", "method", "description"]].head(9)'''),
             "the AUROC of the description's similarity at telling the two apart (chance 0.5)."),
         new_code_cell(
             '''from saekit.interp import ScoreConfig, score_latents, summarize_scores
-from saekit.interp.score import summary_lines
+from saekit.interp.score.run import summary_lines
 
 scores = score_latents(ScoreConfig(records=str(records_dir), scorers=["embedding"], n_activating=10,
                                    n_negatives=10, n_boot=200, device=DEVICE), progress=False)

@@ -85,8 +85,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_collect(args: argparse.Namespace) -> int:
-    from saekit.interp.collect import CollectConfig, collect_records
-    from saekit.interp.records import load_records
+    from saekit.interp.records.collect import CollectConfig, collect_records
+    from saekit.interp.records.format import load_records
 
     config = _config(CollectConfig, args, "sae_dir", "sae")
     out = collect_records(config)
@@ -98,7 +98,7 @@ def _cmd_collect(args: argparse.Namespace) -> int:
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    from saekit.interp.explain import ExplainConfig, explain_latents
+    from saekit.interp.explain.run import ExplainConfig, explain_latents
 
     config = _config(ExplainConfig, args, "records_dir", "records")
     rows = explain_latents(config)
@@ -110,7 +110,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    from saekit.interp.score import SCORES_FILE, ScoreConfig, score_latents, summarize_scores, summary_lines
+    from saekit.interp.score.run import SCORES_FILE, ScoreConfig, score_latents, summarize_scores, summary_lines
 
     if args.published:
         return _score_published(args)
@@ -129,7 +129,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
 def _score_published(args: argparse.Namespace) -> int:
     """`saekit score --published SAE`: cache, collect, explain and score (saekit.interp.pipeline)."""
     from saekit.interp.pipeline import published_config, score_published
-    from saekit.interp.score import summary_lines
+    from saekit.interp.score.run import summary_lines
 
     if args.records_dir:
         raise ValueError("saekit score: give RECORDS_DIR or --published SAE, not both")
@@ -221,9 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     from saekit.data import CacheConfig
     from saekit.demo import DemoConfig
     from saekit.eval import EvalConfig
-    from saekit.interp.collect import CollectConfig
-    from saekit.interp.explain import ExplainConfig
-    from saekit.interp.score import ScoreConfig
+    from saekit.interp.records.collect import CollectConfig
+    from saekit.interp.explain.run import ExplainConfig
+    from saekit.interp.score.run import ScoreConfig
     from saekit.match import MatchConfig
     from saekit.train import TrainConfig
     from saekit.viz import ReportConfig

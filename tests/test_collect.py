@@ -9,8 +9,8 @@ import torch
 
 from conftest import make_local_model_dir
 from saekit.data import CacheConfig, cache_activations, read_manifest
-from saekit.interp.collect import CollectConfig, TopKeys, collect_records, quantile_split
-from saekit.interp.records import load_records
+from saekit.interp.records.collect import CollectConfig, TopKeys, collect_records, quantile_split
+from saekit.interp.records.format import load_records
 from saekit.sae import SAEConfig, build_sae, save_sae
 
 HOOK = "blocks.1.hook_resid_post"
@@ -38,7 +38,7 @@ def setup(tmp_path_factory):
 
 def brute_force(cache, sae):
     """(tokens [n, ctx], latents [n, ctx, d_sae] with BOS zeroed) over the whole cache."""
-    from saekit.interp.collect import ContextReader
+    from saekit.interp.records.collect import ContextReader
 
     manifest = read_manifest(cache)
     reader = ContextReader(cache, manifest, HOOK)

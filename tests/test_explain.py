@@ -10,11 +10,11 @@ import torch
 
 from conftest import make_local_model_dir
 from saekit.data import CacheConfig, cache_activations
-from saekit.interp import explain_evidence as ev
-from saekit.interp.collect import CollectConfig, collect_records
-from saekit.interp.explain import ExplainConfig, canonical_method, explain_latents, read_explanations
+from saekit.interp.explain import evidence as ev
+from saekit.interp.records.collect import CollectConfig, collect_records
+from saekit.interp.explain.run import ExplainConfig, canonical_method, explain_latents, read_explanations
 from saekit.interp.prompts import description_validator, load_template, parse_description
-from saekit.interp.records import load_records
+from saekit.interp.records.format import load_records
 from saekit.models import load_model
 from saekit.sae import SAEConfig, build_sae, save_sae
 
@@ -85,7 +85,7 @@ def direct_steered_change(model, sae, tokens, latent, value, hook_name=HOOK):
 def test_tokenchange_equals_a_direct_hooked_forward_pass(setup):
     root, folder, sae, records, model = setup
     meta = load_records(records).meta
-    from saekit.interp.collect import ContextReader
+    from saekit.interp.records.collect import ContextReader
     from saekit.data import read_manifest
 
     reader = ContextReader(meta["cache"], read_manifest(meta["cache"]), HOOK)
@@ -158,7 +158,7 @@ def test_raw_descriptions_for_every_method_and_ensembles(setup):
 
 
 class FakeBackend:
-    """The Backend interface of saekit.interp.llm with canned replies; records what it was asked."""
+    """The Backend interface of saekit.interp.llm.backend with canned replies; records what it was asked."""
 
     name = "fake"
 
@@ -166,7 +166,7 @@ class FakeBackend:
         self.reply, self.requests, self.usage = reply, [], {"calls": 0}
 
     def chat_many(self, requests, validate=None, progress=True, **sampling):
-        from saekit.interp.llm import ChatResult
+        from saekit.interp.llm.backend import ChatResult
 
         self.requests += requests
         self.usage["calls"] += len(requests)
@@ -227,7 +227,7 @@ def test_method_names_and_aliases():
 
 
 def test_marking_and_scaling_follow_the_paper():
-    from saekit.interp.records import Example
+    from saekit.interp.records.format import Example
 
     example = Example("top", np.array([1, 2, 3, 4]), np.array([0.0, 0.5, 1.0, 0.04], dtype=np.float32), 0, 1, 3, 1.0)
     text = ev.TokenText(None)
@@ -286,7 +286,7 @@ def test_the_recipe_collects_and_describes(setup, tmp_path, capsys):
 
 
 def test_a_latent_without_activating_examples_gets_no_maxact_request():
-    from saekit.interp.explain import llm_results
+    from saekit.interp.explain.run import llm_results
 
     example = {"text": "a <<b>>", "activations": [["b", 10]]}
     evidence = {"maxact": {0: {"examples": [], "top_tokens": [], "max_activation": 0.0},

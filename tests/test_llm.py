@@ -17,8 +17,8 @@ from typing import Callable
 import pytest
 
 from saekit.interp import ChatResult, LLMConfig, check_reply, make_backend
-from saekit.interp.llm_cache import ResponseCache, cache_key
-from saekit.interp.llm_http import parse_retry_after
+from saekit.interp.llm.cache import ResponseCache, cache_key
+from saekit.interp.llm.http import parse_retry_after
 
 SECRET = "sk-test-0123456789-secret"
 KEY_ENV = "SAEKIT_TEST_LLM_KEY"

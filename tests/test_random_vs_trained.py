@@ -13,7 +13,7 @@ import torch
 
 from conftest import make_local_model_dir
 from saekit.config import load_config
-from saekit.interp.records import Example
+from saekit.interp.records.format import Example
 
 ROOT = Path(__file__).parent.parent
 sys.path.insert(0, str(ROOT / "analysis"))

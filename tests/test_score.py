@@ -16,13 +16,13 @@ import torch
 
 from conftest import make_local_model_dir, tiny_random_model
 from saekit.data import CacheConfig, cache_activations
-from saekit.interp import score_examples as se
-from saekit.interp import score_metrics as metrics
-from saekit.interp import score_model as sm
-from saekit.interp.collect import CollectConfig, collect_records
-from saekit.interp.llm import Backend, Completion, LLMConfig
-from saekit.interp.records import Example, load_records
-from saekit.interp.score import ScoreConfig, read_scores, score_latents, summary_path
+from saekit.interp.score import examples as se
+from saekit.interp.score import metrics
+from saekit.interp.score import model as sm
+from saekit.interp.records.collect import CollectConfig, collect_records
+from saekit.interp.llm.backend import Backend, Completion, LLMConfig
+from saekit.interp.records.format import Example, load_records
+from saekit.interp.score.run import ScoreConfig, read_scores, score_latents, summary_path
 from saekit.models import load_model
 from saekit.sae import SAEConfig, build_sae, save_sae
 
@@ -415,7 +415,7 @@ def test_output_scorer_shows_the_latents_completions_and_counts_successes(plante
 
 
 def test_distractors_are_topped_up_from_the_recorded_latents(planted):
-    from saekit.interp.score import distractor_pool
+    from saekit.interp.score.run import distractor_pool
 
     records = load_records(planted.records)
     pool = distractor_pool([5], records, D_SAE, seed=0)

@@ -14,7 +14,7 @@ import torch
 
 from conftest import make_local_model_dir
 from saekit.interp.pipeline import PublishedConfig, score_published
-from saekit.interp.score import read_scores
+from saekit.interp.score.run import read_scores
 
 sae_lens = pytest.importorskip("sae_lens")
 from sae_lens.saes.sae import SAEMetadata  # noqa: E402

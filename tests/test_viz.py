@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from saekit.cli import main
-from saekit.interp.explain import read_explanations
+from saekit.interp.explain.run import read_explanations
 from saekit.viz import (activation_histogram_figure, comparison_figure, discover, shared_vs_width_figure,
                         shaded_tokens, training_curves_figure, vocab_logits_figure, write_report)
 from saekit.viz.page import Page, script_json

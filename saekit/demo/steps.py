@@ -83,8 +83,8 @@ class DemoConfig:
     device: str = doc("auto | cpu | cuda", "auto")
 
     def __post_init__(self) -> None:
-        from saekit.interp.explain import canonical_method
-        from saekit.interp.score import canonical_scorer
+        from saekit.interp.explain.run import canonical_method
+        from saekit.interp.score.run import canonical_scorer
 
         preset = MODEL_PRESETS.get(self.model, MODEL_PRESETS["tiny"])
         for name, value in preset.items():
@@ -306,7 +306,7 @@ def describe_latents(config: DemoConfig, caches: dict[str, str], progress: bool)
                 if seed == config.seeds[0] and not (records / "scores.jsonl").exists():
                     if embedder is None and "embedding" in config.scorers:
                         from saekit.data.cache import resolve_device
-                        from saekit.interp.score_examples import load_embedder
+                        from saekit.interp.score.examples import load_embedder
 
                         embedder = load_embedder(device=str(resolve_device(config.device)))
                     score_latents(ScoreConfig(records=str(records), scorers=config.scorers,

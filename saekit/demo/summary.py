@@ -21,7 +21,7 @@ def summarize(config: DemoConfig) -> dict[str, Any]:
     """The numbers of the run, read back from its files: per init variant and width the seeds' mean
     FVU, L0, dead fraction, CE recovered, fraction shared and matched decoder cosine; per init
     variant, scorer and method the mean score over the scored latents (seed 0, every width)."""
-    from saekit.interp.score import read_scores, summarize_scores
+    from saekit.interp.score.run import read_scores, summarize_scores
 
     by_width: dict[str, dict[str, dict[str, Any]]] = {}
     scores: dict[str, dict[str, dict[str, Any]]] = {}

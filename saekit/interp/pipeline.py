@@ -33,10 +33,10 @@ from typing import Any
 
 from saekit.config import build_config, config_to_dict, doc, read_config_file
 from saekit.files import write_json_atomic
-from saekit.interp.collect import CollectConfig, collect_records
-from saekit.interp.explain import ExplainConfig, explain_latents
-from saekit.interp.records import META_FILE
-from saekit.interp.score import LLM_SCORERS, SCORES_FILE, ScoreConfig, canonical_scorer, score_latents, summary_path
+from saekit.interp.records.collect import CollectConfig, collect_records
+from saekit.interp.explain.run import ExplainConfig, explain_latents
+from saekit.interp.records.format import META_FILE
+from saekit.interp.score.run import LLM_SCORERS, SCORES_FILE, ScoreConfig, canonical_scorer, score_latents, summary_path
 
 PUBLISHED_FILE = "published.json"
 SUMMARY_TABLE = "summary.csv"

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from saekit.interp.explain_evidence import TokenText
-from saekit.interp.records import LatentRecords
+from saekit.interp.explain.evidence import TokenText
+from saekit.interp.records.format import LatentRecords
 from saekit.viz.discover import MatchDir, RecordsDir
 from saekit.viz.figures import activation_histogram_figure, vocab_logits_figure
 from saekit.viz.page import Page, esc, fmt, table

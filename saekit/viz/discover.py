@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from saekit.interp.records import FORMAT as RECORDS_FORMAT
-from saekit.interp.records import LatentRecords, load_records
+from saekit.interp.records.format import FORMAT as RECORDS_FORMAT
+from saekit.interp.records.format import LatentRecords, load_records
 
 SAE_WEIGHT_FILES = ("sae_weights.safetensors", "sae.safetensors")
 SKIPPED_DIRS = {"shards", "checkpoints", "tensorboard", "llm_cache", "__pycache__", "wandb"}

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from saekit.interp.explain_evidence import TokenText
+from saekit.interp.explain.evidence import TokenText
 from saekit.viz.dashboard import latent_dashboard, method_evidence, partners_of
 from saekit.viz.discover import RecordsDir, RunContents, discover
 from saekit.viz.page import Page

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from saekit.config import doc
-from saekit.interp.explain_evidence import TokenText
+from saekit.interp.explain.evidence import TokenText
 from saekit.viz.dashboard import anchor_id, latent_dashboard, partners_of, same_sae
 from saekit.viz.discover import RecordsDir, RunContents, discover
 from saekit.viz.figures import comparison_figure, shared_vs_width_figure, training_curves_figure

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from saekit.interp.explain_evidence import TokenText
-from saekit.interp.records import Example
+from saekit.interp.explain.evidence import TokenText
+from saekit.interp.records.format import Example
 
 SHADE_RGB = (255, 100, 0)
 VISIBLE_WHITESPACE = {"\n": "\u21b5\n", "\t": "\u2192\t", "\r": "\u240d"}

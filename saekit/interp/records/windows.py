@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from saekit.interp.records import ACTIVATING_KINDS
+from saekit.interp.records.format import ACTIVATING_KINDS
 
 
 @dataclass(frozen=True)

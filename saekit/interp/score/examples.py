@@ -31,8 +31,8 @@ from typing import Any, Callable, Hashable
 import numpy as np
 
 from saekit.interp.prompts import load_template
-from saekit.interp.records import Example, LatentRecords
-from saekit.interp.score_metrics import accuracy_by_group, auroc, balanced_accuracy, pearson, pooled_correlation
+from saekit.interp.records.format import Example, LatentRecords
+from saekit.interp.score.metrics import accuracy_by_group, auroc, balanced_accuracy, pearson, pooled_correlation
 
 Messages = list[dict[str, str]]
 DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from saekit.interp.llm import Backend, Completion, LLMConfig, Messages
+from saekit.interp.llm.backend import Backend, Completion, LLMConfig, Messages
 
 
 def plain_prompt(messages: Messages) -> str:

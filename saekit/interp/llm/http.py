@@ -29,7 +29,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Mapping
 
-from saekit.interp.llm import Backend, Completion, LLMConfig, Messages, TransportError
+from saekit.interp.llm.backend import Backend, Completion, LLMConfig, Messages, TransportError
 
 log = logging.getLogger(__name__)
 

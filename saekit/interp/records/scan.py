@@ -21,7 +21,7 @@ from saekit.data import open_shard
 from saekit.data.shards import Shard, shard_path
 
 if TYPE_CHECKING:
-    from saekit.interp.collect import CollectConfig
+    from saekit.interp.records.collect import CollectConfig
 
 Encoder = Callable[[torch.Tensor], torch.Tensor]
 

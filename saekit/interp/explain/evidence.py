@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from saekit.eval.splice import edit_after
-from saekit.interp.records import Example
+from saekit.interp.records.format import Example
 
 
 class TokenText:

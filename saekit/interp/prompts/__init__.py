@@ -20,7 +20,7 @@ from pathlib import Path
 from string import Template
 from typing import Any, Callable
 
-PROMPT_DIR = Path(__file__).parent / "prompts"
+PROMPT_DIR = Path(__file__).parent
 _SECTION = re.compile(r"^### (system|user)\s*$", re.MULTILINE)
 
 

@@ -39,7 +39,7 @@ from typing import Any, Callable, Coroutine
 from tqdm.auto import tqdm
 
 from saekit.config import doc
-from saekit.interp.llm_cache import ResponseCache, cache_key
+from saekit.interp.llm.cache import ResponseCache, cache_key
 
 log = logging.getLogger(__name__)
 
@@ -293,9 +293,9 @@ def make_backend(config: LLMConfig) -> Backend | None:
     if not config.model:
         raise ValueError(f"LLM backend {config.backend!r} needs a model")
     if config.backend == "openai":
-        from saekit.interp.llm_http import OpenAIBackend
+        from saekit.interp.llm.http import OpenAIBackend
 
         return OpenAIBackend(config)
-    from saekit.interp.llm_local import TransformersBackend
+    from saekit.interp.llm.local import TransformersBackend
 
     return TransformersBackend(config)

@@ -17,7 +17,7 @@ on the number of tokens:
 4. windows: `window` tokens around each example's anchor (its max token; for negatives a random
    position or the first top token), with the latent's activation at every token: only the
    contexts that examples need are encoded again, `latent_chunk` latents at a time.
-5. write the records directory (see `saekit.interp.records`).
+5. write the records directory (see `saekit.interp.records.format`).
 """
 
 from __future__ import annotations
@@ -36,10 +36,10 @@ from saekit.data import CacheConfig, cache_activations, read_manifest
 from saekit.data.cache import resolve_device
 from saekit.eval.run import check_sae_against_cache
 from saekit.files import write_json_atomic
-from saekit.interp.records import FORMAT, FORMAT_VERSION, META_FILE, TABLE_FILE, examples_file
-from saekit.interp.scan import (ContextReader, ScanResult, TopKeys, contexts_per_batch, make_encoder, scan,
+from saekit.interp.records.format import FORMAT, FORMAT_VERSION, META_FILE, TABLE_FILE, examples_file
+from saekit.interp.records.scan import (ContextReader, ScanResult, TopKeys, contexts_per_batch, make_encoder, scan,
                                 scan_hard_negatives)
-from saekit.interp.windows import build_chunk, hard_token_ids, window_geometry
+from saekit.interp.records.windows import build_chunk, hard_token_ids, window_geometry
 
 __all__ = ["CollectConfig", "ContextReader", "TopKeys", "collect_records", "quantile_split"]
 

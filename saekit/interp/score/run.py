@@ -56,11 +56,11 @@ from typing import Any
 from saekit.config import config_to_dict, doc
 from saekit.data.cache import resolve_device
 from saekit.files import write_json_atomic
-from saekit.interp.explain import EXPLANATIONS_FILE, canonical_method, read_explanations, resolve_records, write_jsonl
-from saekit.interp.records import KINDS, NEGATIVE_KINDS, LatentRecords, load_records
-from saekit.interp.score_examples import DEFAULT_EMBEDDING_MODEL, Item
-from saekit.interp.score_metrics import summarize
-from saekit.interp.score_model import KL_TARGETS, OUTPUT_PROMPTS
+from saekit.interp.explain.run import EXPLANATIONS_FILE, canonical_method, read_explanations, resolve_records, write_jsonl
+from saekit.interp.records.format import KINDS, NEGATIVE_KINDS, LatentRecords, load_records
+from saekit.interp.score.examples import DEFAULT_EMBEDDING_MODEL, Item
+from saekit.interp.score.metrics import summarize
+from saekit.interp.score.model import KL_TARGETS, OUTPUT_PROMPTS
 
 SCORERS = ("detection", "fuzzing", "embedding", "simulation", "output", "input")
 ALIASES = {"detect": "detection", "fuzz": "fuzzing", "embed": "embedding", "sim": "simulation",
@@ -202,7 +202,7 @@ def select_items(explanations: list[dict[str, Any]], config: ScoreConfig, source
 
 
 def _load_model_and_sae(records: LatentRecords, config: ScoreConfig, device: Any, need_sae: bool) -> tuple[Any, Any]:
-    from saekit.interp.explain import _load_model
+    from saekit.interp.explain.run import _load_model
     from saekit.sae import load_sae
 
     model = _load_model(records, config, device, required=need_sae)  # reads config.model and config.init
@@ -234,9 +234,9 @@ def score_latents(config: ScoreConfig, backend: Any = None, embedder: Any = None
     one the config names. embedder: a sentence-transformers-like object (`encode`), else loaded from
     `config.embedding_model`. Returns the rows written (see the module docstring).
     """
-    from saekit.interp import score_examples as se
-    from saekit.interp import score_model as sm
-    from saekit.interp.explain_evidence import TokenText
+    from saekit.interp.score import examples as se
+    from saekit.interp.score import model as sm
+    from saekit.interp.explain.evidence import TokenText
 
     if not config.records:
         raise ValueError("ScoreConfig.records: give the records directory written by `saekit collect`")
@@ -252,7 +252,7 @@ def score_latents(config: ScoreConfig, backend: Any = None, embedder: Any = None
         if config.backend == "none":
             raise ValueError(f"ScoreConfig.backend is 'none' but the scorer(s) {', '.join(wants_llm)} need an LLM "
                              f"judge: pass --backend openai|transformers --llm-model NAME, or --scorers embedding")
-        from saekit.interp.llm import LLMConfig, make_backend
+        from saekit.interp.llm.backend import LLMConfig, make_backend
 
         llm = {"max_tokens": 1024, "max_reply_chars": 8000, **config.llm}  # room for 10 sentences, 64 activations
         backend = make_backend(LLMConfig(backend=config.backend, model=config.llm_model, **llm))

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from saekit.interp.prompts import load_template
-from saekit.interp.score_examples import Item, ask_judge, escape, row
+from saekit.interp.score.examples import Item, ask_judge, escape, row
 
 OUTPUT_PROMPTS = ("The explanation is simple:", "I think", "We")
 KL_TARGETS = (0.25, 0.5, -0.25, -0.5)

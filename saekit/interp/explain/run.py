@@ -32,10 +32,10 @@ import torch
 
 from saekit.config import config_to_dict, doc
 from saekit.data.cache import resolve_device
-from saekit.interp import explain_evidence as ev
+from saekit.interp.explain import evidence as ev
 from saekit.interp.prompts import (description_validator, examples_block, load_template, output_block,
                                    parse_description, token_list)
-from saekit.interp.records import LatentRecords, load_records
+from saekit.interp.records.format import LatentRecords, load_records
 
 METHODS = ("maxact", "vocabproj", "tokenchange")
 ALIASES = {"ma": "maxact", "vp": "vocabproj", "tc": "tokenchange"}
@@ -143,7 +143,7 @@ def gather_evidence(records: LatentRecords, latents: list[int], bases: set[str],
 def tokenchange_all(records: LatentRecords, latents: list[int], config: ExplainConfig, model: Any, sae: Any,
                     text: ev.TokenText, progress: bool, tqdm: Any) -> dict[int, Any]:
     """TokenChange evidence per latent: +clamp and -clamp steerings, several latents per forward pass."""
-    from saekit.interp.collect import ContextReader
+    from saekit.interp.records.collect import ContextReader
     from saekit.data import read_manifest
 
     meta = records.meta
@@ -293,7 +293,7 @@ def explain_latents(config: ExplainConfig, backend: Any = None, progress: bool =
     evidence = gather_evidence(records, latents, bases, config, model, sae, text, progress)
 
     if backend is None and config.backend != "none":
-        from saekit.interp.llm import LLMConfig, make_backend
+        from saekit.interp.llm.backend import LLMConfig, make_backend
 
         backend = make_backend(LLMConfig(backend=config.backend, model=config.llm_model, **config.llm))
     rows = describe(config.methods, latents, evidence, config, backend, progress)
