@@ -85,22 +85,43 @@ def test_top_contexts_are_exactly_the_strongest(setup):
             assert 1 <= e.start and e.start + 12 <= CTX and 0 <= e.anchor_in_window <= 12 - 1
 
 
-def test_quantile_examples_fall_in_their_bins(setup):
+def window_maxima(latents, window=12):
+    """(starts [w], maxima [n, w, d_sae]) of the scan's fixed windows, brute force."""
+    from saekit.interp.records.scan import window_starts
+
+    starts = window_starts(CTX, 1, window)
+    return starts, torch.stack([latents[:, s:s + window].amax(1) for s in starts], 1)
+
+
+def test_window_starts_cover_every_position_once_or_twice():
+    from saekit.interp.records.scan import window_starts
+
+    assert window_starts(32, 1, 12).tolist() == [1, 13, 20]  # the last block shifted back to end at 32
+    assert window_starts(129, 1, 32).tolist() == [1, 33, 65, 97]
+    assert window_starts(10, 1, 32).tolist() == [1]  # a window wider than the context is clipped
+
+
+def test_quantile_examples_are_windows_in_their_bins(setup):
     root, cache, sae, config, out = setup
     records = load_records(out)
     _, latents = brute_force(cache, sae)
-    ctx_max = latents.amax(1)
+    starts, win_max = window_maxima(latents)
     checked = 0
     for latent in range(D_SAE):
-        values = np.sort(ctx_max[:, latent][ctx_max[:, latent] > 0].numpy())[::-1]  # every activating context
+        values = np.sort(win_max[..., latent][win_max[..., latent] > 0].numpy())[::-1]  # every activating window
+        assert records.stats(latent)["n_active_windows"] == len(values)
         if len(values) < 2 * config.n_quantiles:
             continue
         bins = np.array_split(values, config.n_quantiles)  # the reservoir holds them all: exact quantiles
         explain, test = records.examples(latent, "explain"), records.examples(latent, "test")
-        assert not {e.context for e in explain} & {e.context for e in test}
+        keys = [(e.context, e.start) for e in explain + test]
+        assert len(set(keys)) == len(keys)  # no window twice
         for e in explain + test:
+            assert e.start in starts and len(e.tokens) == 12
             assert bins[e.quantile].min() - 1e-5 <= e.value <= bins[e.quantile].max() + 1e-5
-            assert e.value == pytest.approx(float(ctx_max[e.context, latent]), rel=1e-5)
+            w = list(starts).index(e.start)
+            assert e.value == pytest.approx(float(win_max[e.context, w, latent]), rel=1e-5)
+            assert e.max_act == pytest.approx(e.value, rel=1e-5)  # the value is the window's own max
         want = min(len(values), config.n_explain + config.n_test)
         assert len(explain) + len(test) == want
         assert sorted({e.quantile for e in explain}) == list(range(config.n_quantiles))
@@ -115,15 +136,32 @@ def test_negatives_never_activate_and_hard_ones_hold_a_top_token(setup):
     n_hard = 0
     for latent in range(D_SAE):
         top_ids = set(records.stats(latent)["top_token_ids"])
-        for e in records.examples(latent, "random") + records.examples(latent, "hard"):
-            assert float(latents[e.context, :, latent].max()) == 0.0
-            assert not e.acts.any()
+        for e in records.examples(latent, "random"):
+            assert float(latents[e.context, e.start:e.start + 12, latent].max()) == 0.0
+            assert not e.acts.any() and e.start <= e.anchor < e.start + 12
         for e in records.examples(latent, "hard"):
+            assert float(latents[e.context, :, latent].max()) == 0.0
             assert top_ids & set(tokens[e.context, 1:].tolist())
             assert tokens[e.context, e.anchor] in top_ids
             n_hard += 1
-        assert len({e.context for e in records.examples(latent, "random")}) == len(records.examples(latent, "random"))
+        randoms = records.examples(latent, "random")
+        assert len({(e.context, e.start) for e in randoms}) == len(randoms)
     assert n_hard > 0
+
+
+def test_latents_firing_in_every_context_still_get_silent_windows(setup):
+    """Negatives are silent windows, as in delphi: a latent that fires somewhere in every context
+    (which had no silent context, so no negatives at all) gets the negatives asked for."""
+    root, cache, sae, config, out = setup
+    records = load_records(out)
+    _, latents = brute_force(cache, sae)
+    _, win_max = window_maxima(latents)
+    dense = [j for j in range(D_SAE) if bool((latents[..., j].amax(1) > 0).all())
+             and int((win_max[..., j] == 0).sum()) >= config.n_random_negatives]
+    assert dense, "the fixture should hold latents firing in every context with silent windows"
+    for j in dense:
+        assert records.stats(j)["n_random"] == config.n_random_negatives
+        assert records.stats(j)["n_silent_windows"] == int((win_max[..., j] == 0).sum())
 
 
 def test_records_round_trip_and_meta(setup):

@@ -475,7 +475,8 @@ def test_the_cli_scores_raw_descriptions_offline_with_embeddings(planted, tmp_pa
     summary = json.loads((tmp_path / "scores_summary.json").read_text())
     assert summary["config"]["scorers"] == ["embedding"]
     silent = [r for r in rows if r["score"] is None]  # a random latent that never fired in the records
-    assert all("no activating" in r["error"] for r in silent)
+    assert all(r["error"].startswith("skipped: 0 activating test windows") for r in silent)
+    assert {s["latent"] for s in summary["skipped"]} == {r["latent"] for r in silent}  # named, never a silent null
     assert summary["summary"]["embedding"]["maxact"]["n"] == 3 - len(silent) >= 2
     assert summary["summary"]["embedding"]["maxact"]["n_failed"] == len(silent)
     assert main(["score", str(planted.records), "--explanations", str(out), "--scorers", "fuzzing"]) == 2

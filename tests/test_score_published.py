@@ -22,7 +22,7 @@ from sae_lens.saes.sae import SAEMetadata  # noqa: E402
 HOOK, D_MODEL, D_SAE, CTX = "blocks.0.hook_resid_post", 64, 32, 32
 SMALL = {"collect": {"window": 12, "n_top": 5, "n_quantiles": 2, "n_explain": 4, "n_test": 6, "reservoir": 20,
                      "n_random_negatives": 6, "n_hard_negatives": 0},
-         "score": {"n_activating": 6, "n_negatives": 6, "n_boot": 200}}
+         "score": {"n_activating": 6, "n_negatives": 6, "min_activating": 4, "n_boot": 200}}
 
 
 @pytest.fixture(scope="module")

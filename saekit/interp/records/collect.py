@@ -6,16 +6,18 @@ on the number of tokens:
 
 1. pass 1, per latent: active-token count, sum and max of its activation; a streaming top-k of
    contexts by the latent's max activation in the context (one example per context); a uniform
-   sample (`reservoir` contexts, by random keys: a bottom-k sketch) of the contexts where it fires;
-   a uniform sample of contexts where it never fires (random negatives). Each is a [k, n_latents]
-   tensor merged with the batch's candidates by `torch.topk`.
-2. quantile examples as delphi draws them: the sampled activating contexts sorted by activation,
+   sample (`reservoir` windows, by random keys: a bottom-k sketch) of the `window`-token windows
+   where it fires (delphi's examples: fixed blocks of each context, see scan.py); a uniform sample
+   of the windows where it is zero on every token (random negatives, delphi's). Each is a
+   [k, n_latents] tensor merged with the batch's candidates by `torch.topk`.
+2. quantile examples as delphi draws them: the sampled activating windows sorted by their max,
    cut into `n_quantiles` equal slices, `n_explain / n_quantiles` + `n_test / n_quantiles` drawn from
-   each slice (exactly delphi's split when the reservoir holds every activating context).
+   each slice (exactly delphi's split when the reservoir holds every activating window).
 3. pass 2 (when `n_hard_negatives` > 0): hard negatives, contexts holding one of the latent's most
    frequent top-activating token ids where the latent never fires, sampled like the random ones.
-4. windows: `window` tokens around each example's anchor (its max token; for negatives a random
-   position or the first top token), with the latent's activation at every token: only the
+4. windows: quantile examples and random negatives show their own window; top examples and hard
+   negatives `window` tokens around their anchor (the max token; for hard negatives the first top
+   token); with the latent's activation at every token: only the
    contexts that examples need are encoded again, `latent_chunk` latents at a time.
 5. write the records directory (see `saekit.interp.records.format`).
 """
@@ -64,8 +66,8 @@ class CollectConfig:
     n_quantiles: int = doc("activation quantile bins of the sampled examples (delphi: 10)", 10)
     n_explain: int = doc("quantile examples to explain from (delphi: 40)", 40)
     n_test: int = doc("quantile examples to score with (delphi: 50)", 50)
-    reservoir: int = doc("activating contexts sampled uniformly per latent for the quantile split", 400)
-    n_random_negatives: int = doc("random non-activating contexts per latent (delphi: 50)", 50)
+    reservoir: int = doc("activating windows sampled uniformly per latent for the quantile split", 400)
+    n_random_negatives: int = doc("random windows where the latent is zero on every token (delphi: 50)", 50)
     n_hard_negatives: int = doc("non-activating contexts holding the latent's top tokens (0 = skip pass 2)", 20)
     hard_negative_tokens: int = doc("most frequent top-activating token ids that define hard negatives", 3)
     seed: int = doc("seed of the samples", 0)
@@ -95,7 +97,7 @@ def quantile_split(values: np.ndarray, n_quantiles: int, n_explain: int, n_test:
                    rng: np.random.Generator) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
     """Delphi's quantile sampling for one latent: (explain, test) lists of (index into values, quantile).
 
-    values [m]: the max activations of the latent's sampled activating contexts. They are sorted,
+    values [m]: the max activations of the latent's sampled activating windows. They are sorted,
     strongest first, and cut into `n_quantiles` equal slices (quantile 0 = strongest); from each
     slice n_explain/n_quantiles + n_test/n_quantiles are drawn without replacement, explain first.
     A slice with too few examples gives all it has, shared in the same proportion.
@@ -195,7 +197,9 @@ def collect_records(config: CollectConfig, progress: bool = True) -> Path:
         "context_range": list(context_range), "ctx_len": manifest["ctx_len"], "prepend_bos": bool(first_pos),
         "n_tokens": result.n_tokens, "n_latents": len(latents), "latent_chunk": config.latent_chunk,
         "n_chunks": n_chunks, "window": geometry.window, "tokens_after": geometry.after,
-        "n_dead": int((result.n_active_tokens == 0).sum()), "examples": counts,
+        "n_dead": int((result.n_active_tokens == 0).sum()), "examples": counts, "n_windows": result.n_windows,
+        "asked": {"top": config.n_top, "explain": config.n_explain, "test": config.n_test,
+                  "random": config.n_random_negatives, "hard": config.n_hard_negatives},
         "seconds": round(time.time() - started, 2), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "config": config_to_dict(config),
     }
@@ -212,7 +216,8 @@ def _example_slots(result: ScanResult, config: CollectConfig) -> dict[str, dict[
     rng = np.random.default_rng(config.seed)
     for kind, size in (("explain", config.n_explain), ("test", config.n_test)):
         slots[kind] = {"context": np.full((n, size), -1, dtype=np.int32), "anchor": np.zeros((n, size), np.int32),
-                       "value": np.zeros((n, size), np.float32), "quantile": np.full((n, size), -1, np.int8)}
+                       "value": np.zeros((n, size), np.float32), "quantile": np.full((n, size), -1, np.int8),
+                       "start": np.zeros((n, size), np.int32)}
     sample = result.sample
     for j in range(n):
         valid = np.nonzero(sample["valid"][j])[0]
@@ -225,12 +230,15 @@ def _example_slots(result: ScanResult, config: CollectConfig) -> dict[str, dict[
                 continue
             rows = valid[[i for i, _ in chosen]]
             slots[kind]["context"][j, :len(rows)] = sample["context"][j, rows]
+            slots[kind]["start"][j, :len(rows)] = sample["start"][j, rows]
             slots[kind]["anchor"][j, :len(rows)] = sample["position"][j, rows]
             slots[kind]["value"][j, :len(rows)] = sample["value"][j, rows]
             slots[kind]["quantile"][j, :len(rows)] = [q for _, q in chosen]
     for kind, found in (("random", result.random), ("hard", result.hard)):
         if found:
             slots[kind] = {"context": np.where(found["valid"], found["context"], -1)}
+            if "start" in found:
+                slots[kind]["start"] = np.where(found["valid"], found["start"], 0)
     return slots
 
 
@@ -252,6 +260,8 @@ def _write_table(path: Path, latents: list[int], result: ScanResult, slots: dict
         "frequency": active / max(result.n_tokens, 1),
         "n_active_tokens": active,
         "n_active_contexts": result.n_active_contexts,
+        "n_active_windows": result.n_active_windows,
+        "n_silent_windows": result.n_windows - result.n_active_windows,
         "mean_activation": result.act_sum / max(result.n_tokens, 1),
         "mean_active_activation": np.where(active > 0, result.act_sum / np.maximum(active, 1), 0.0),
         "max_activation": result.act_max.astype(np.float64),

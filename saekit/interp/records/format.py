@@ -11,13 +11,14 @@ An examples file holds, for its `c` latents (`latents` int64 [c]) and each kind 
     <kind>/context  int32   [c, slots]          global context index in the cache (-1: empty slot)
     <kind>/start    int32   [c, slots]          first position of the window in its context
     <kind>/anchor   int32   [c, slots]          the position the window was placed around (max token)
-    <kind>/value    float32 [c, slots]          the latent's max activation in the context (activating kinds)
+    <kind>/value    float32 [c, slots]          the latent's max activation in the context (top) or window
     <kind>/quantile int8    [c, slots]          explain/test: quantile bin, 0 = strongest (delphi's order)
 
-Kinds: `top` (the strongest contexts, strongest first), `explain` and `test` (delphi-style samples
-from activation quantiles), `random` (random contexts where the latent never fires) and `hard`
+Kinds: `top` (the strongest contexts, strongest first, one window per context around its max),
+`explain` and `test` (delphi's samples of activating windows from activation quantiles; `value` is
+the window's max), `random` (random windows where the latent is zero on every token) and `hard`
 (contexts holding the latent's top tokens where it never fires). Negative kinds have no `acts` or
-`value` tensors: the latent is zero on every token of their contexts by construction.
+`value` tensors: the latent is zero on every token of their windows by construction.
 
 Everything is safetensors, parquet and JSON (no pickle); `load_records` opens the files lazily and
 reads one latent's rows at a time.
@@ -33,7 +34,7 @@ from typing import Any
 import numpy as np
 
 FORMAT = "saekit-latent-records"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: quantile examples and random negatives are windows, not contexts
 META_FILE = "meta.json"
 TABLE_FILE = "latents.parquet"
 ACTIVATING_KINDS = ("top", "explain", "test")

@@ -2,8 +2,14 @@
 
 `ContextReader` reads contexts (token ids, activations) by global index from memory-mapped shards;
 `TopKeys` is a per-latent streaming top-k ([k, n_latents] tensors merged batch by batch); `scan` is
-pass 1 (statistics, top contexts, uniform samples of activating and of silent contexts) and
+pass 1 (statistics, top contexts, uniform samples of activating and of silent windows) and
 `scan_hard_negatives` pass 2. See collect.py for the whole procedure.
+
+Windows (delphi's examples): each context's positions from `first_pos` on are cut into blocks of
+`window` tokens, the last block shifted back to end at the context's end (so it may overlap the one
+before it); `window_starts` gives their first positions. Quantile samples and random negatives are
+drawn over these windows, not over whole contexts, so a latent that fires somewhere in most
+contexts still has silent windows, and each activating window is one example.
 """
 
 from __future__ import annotations
@@ -128,6 +134,15 @@ class ContextReader:
                 yield base + c, np.asarray(shard.tokens[c:d], dtype=np.int64), acts
 
 
+def window_starts(ctx_len: int, first_pos: int, window: int) -> np.ndarray:
+    """int64 [n_windows]: first positions of the blocks of `window` tokens (see the module docstring);
+    window is clipped to the ctx_len - first_pos positions there are."""
+    body = ctx_len - first_pos
+    window = max(1, min(window, body))
+    n_windows = -(-body // window)
+    return first_pos + np.minimum(np.arange(n_windows) * window, body - window)
+
+
 def contexts_per_batch(batch_tokens: int, ctx_len: int) -> int:
     """Whole contexts in a batch of about batch_tokens tokens (at least one)."""
     return max(1, batch_tokens // ctx_len)
@@ -146,7 +161,9 @@ def make_encoder(sae: Any, latent_ids: list[int] | None, device: torch.device) -
 
 @dataclass
 class ScanResult:
-    """Pass 1's per-latent statistics ([n_latents] each) and samples (TopKeys.numpy() dicts, [n_latents, k])."""
+    """Pass 1's per-latent statistics ([n_latents] each) and samples (TopKeys.numpy() dicts, [n_latents, k]):
+    `top` over contexts (context, position), `sample` and `random` over windows (context, start, and
+    for `sample` the max position and value); n_windows counts every (context, window) scanned."""
 
     n_tokens: int
     n_active_tokens: np.ndarray
@@ -157,6 +174,8 @@ class ScanResult:
     sample: dict[str, np.ndarray]
     random: dict[str, np.ndarray]
     hard: dict[str, np.ndarray] = field(default_factory=dict)
+    n_windows: int = 0
+    n_active_windows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
 @torch.no_grad()
@@ -166,14 +185,19 @@ def scan(reader: ContextReader, context_range: tuple[int, int], encode: Encoder,
     ctx_len = reader.ctx_len
     ids = {"context": torch.int32, "position": torch.int32}
     top = TopKeys(config.n_top, n_latents, device, ids, stable=True)
-    sample = TopKeys(config.reservoir, n_latents, device, {**ids, "value": torch.float32})
-    negatives = TopKeys(config.n_random_negatives, n_latents, device, {"context": torch.int32})
+    sample = TopKeys(config.reservoir, n_latents, device, {**ids, "start": torch.int32, "value": torch.float32})
+    negatives = TopKeys(config.n_random_negatives, n_latents, device, {"context": torch.int32, "start": torch.int32})
     generator = torch.Generator(device=device).manual_seed(config.seed)
     n_active = torch.zeros(n_latents, dtype=torch.int64, device=device)
     act_sum = torch.zeros(n_latents, dtype=torch.float64, device=device)
     act_max = torch.zeros(n_latents, device=device)
     n_active_ctx = torch.zeros(n_latents, dtype=torch.int64, device=device)
-    n_tokens = 0
+    n_active_windows = torch.zeros(n_latents, dtype=torch.int64, device=device)
+    starts = window_starts(ctx_len, first_pos, config.window)
+    width = min(config.window, ctx_len - first_pos)
+    block = torch.as_tensor(starts[:, None] - first_pos + np.arange(width), device=device)  # [n_windows, width]
+    window_start = torch.as_tensor(starts, device=device, dtype=torch.int32)
+    n_windows, n_tokens = 0, 0
     bar = tqdm(total=(context_range[1] - context_range[0]) * ctx_len, unit="tok", unit_scale=True,
                desc="collect", disable=not progress)
     for first, tokens, acts in reader.batches(context_range, contexts_per_batch(config.batch_tokens, ctx_len)):
@@ -189,13 +213,22 @@ def scan(reader: ContextReader, context_range: tuple[int, int], encode: Encoder,
         contexts = torch.arange(first, first + b, device=device, dtype=torch.int32)[:, None]
         positions = (argmax + first_pos).int()
         top.push(torch.where(fires, ctx_max, -math.inf), context=contexts, position=positions)
-        keys = torch.rand(b, n_latents, generator=generator, device=device)
-        sample.push(torch.where(fires, keys, -math.inf), context=contexts, position=positions, value=ctx_max)
-        negatives.push(torch.where(fires, -math.inf, keys), context=contexts)
+        # windows: [b, n_windows, width, n_latents] -> one row per (context, window)
+        win_max, win_arg = latents[:, block].max(2)  # [b, n_windows, n_latents]
+        win_fires = (win_max > 0).view(-1, n_latents)
+        n_active_windows += win_fires.sum(0)
+        n_windows += win_fires.shape[0]
+        win_context = contexts.expand(b, len(starts)).reshape(-1, 1)
+        win_first = window_start.expand(b, -1).reshape(-1, 1)
+        keys = torch.rand(win_fires.shape, generator=generator, device=device)
+        sample.push(torch.where(win_fires, keys, -math.inf), context=win_context, start=win_first,
+                    position=(win_arg.view(-1, n_latents) + win_first).int(), value=win_max.view(-1, n_latents))
+        negatives.push(torch.where(win_fires, -math.inf, keys), context=win_context, start=win_first)
         bar.update(b * ctx_len)
     bar.close()
     return ScanResult(n_tokens, n_active.cpu().numpy(), act_sum.cpu().numpy(), act_max.cpu().numpy(),
-                      n_active_ctx.cpu().numpy(), top.numpy(), sample.numpy(), negatives.numpy())
+                      n_active_ctx.cpu().numpy(), top.numpy(), sample.numpy(), negatives.numpy(),
+                      n_windows=n_windows, n_active_windows=n_active_windows.cpu().numpy())
 
 
 @torch.no_grad()

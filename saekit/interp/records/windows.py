@@ -1,10 +1,11 @@
 """Example windows for `saekit collect`: where a window sits in its context, the tokens it shows and
 the latent's activation at each of them (the step after the streaming passes).
 
-A window of `window` tokens holds the example's anchor token (the latent's max token in the
-context; for a hard negative the first of the latent's top tokens; for a random negative a random
-position) with `after` tokens after it and the rest before it, shifted to stay inside the context
-and off the BOS position. Activations are recomputed by encoding, in batches, only the contexts that
+Quantile examples and random negatives are the scan's own windows (fixed blocks of `window` tokens,
+see scan.py), shown as they are. A top example or hard negative gets a window of `window` tokens
+placed around its anchor token (the latent's max token in the context; for a hard negative the
+first of the latent's top tokens) with `after` tokens after it and the rest before it, shifted to
+stay inside the context and off the BOS position. Activations are recomputed by encoding, in batches, only the contexts that
 the chunk's activating examples need.
 """
 
@@ -65,6 +66,8 @@ def _anchors(kind: str, slots: dict[str, np.ndarray], tokens_of: np.ndarray, row
     """int [c, slots] anchor positions; rows [c, slots] index each slot's context in tokens_of [u, ctx_len]."""
     if kind in ACTIVATING_KINDS:
         return slots["anchor"].astype(np.int64)
+    if kind == "random" and "start" in slots:  # a silent window: any of its positions
+        return slots["start"].astype(np.int64) + rng.integers(0, geometry.window, size=rows.shape)
     if kind == "random":
         return rng.integers(geometry.first_pos, geometry.ctx_len, size=rows.shape)
     # hard: the first position holding one of the latent's top token ids (64 latents at a time)
@@ -82,7 +85,9 @@ def build_chunk(reader: Any, encode: Callable[[torch.Tensor], torch.Tensor], slo
                 progress: bool = True) -> dict[str, torch.Tensor]:
     """The examples tensors (records.py layout) of one chunk of c latents.
 
-    slots: {kind: {'context' [c, s] (-1 empty), 'anchor', 'value', 'quantile' (when known)}};
+    slots: {kind: {'context' [c, s] (-1 empty), 'anchor', 'value', 'quantile' and 'start' (when known)}}:
+    a slot with a 'start' shows that fixed window (explain, test, random: windows of the scan), else
+    the window placed around its anchor (top, hard);
     encode: activations [tokens, d_in] -> this chunk's latents [tokens, c].
     """
     w = geometry.window
@@ -98,7 +103,8 @@ def build_chunk(reader: Any, encode: Callable[[torch.Tensor], torch.Tensor], slo
         rows = np.searchsorted(needed, np.where(valid, context, needed[0] if len(needed) else 0))
         rows = np.minimum(rows, len(tokens_of) - 1)
         anchors = np.where(valid, _anchors(kind, s, tokens_of, rows, hard_ids, geometry, rng), 0)
-        starts = np.where(valid, geometry.starts(anchors), 0)
+        placed = s["start"].astype(np.int64) if "start" in s else geometry.starts(anchors)  # fixed windows
+        starts = np.where(valid, placed, 0)
         tokens = np.where(valid[..., None], tokens_of[rows[..., None], starts[..., None] + offsets], 0)
         out[f"{kind}/tokens"] = torch.from_numpy(tokens.astype(np.int32))
         out[f"{kind}/context"] = torch.from_numpy(np.where(valid, context, -1).astype(np.int32))

@@ -11,9 +11,16 @@ score_model.py):
 | `simulation` | Bills et al. 2023: the judge predicts each token's activation 0-10 | correlation | 0 |
 | `output` | Gur-Arieh et al. 2025: the judge picks the completions steered by the latent among 3 | success rate | 1/3 |
 | `input` | Gur-Arieh et al. 2025: sentences written to activate the latent beat the others | 1 or 0 | 0.5 |
+| `judgefree-input` | no judge: windows holding the tokens the description names are the activating ones | AUROC | 0.5 |
+| `judgefree-output` | no judge: steering the latent raises the tokens its description names, more than others' | rank fraction | 0.5 |
 
-Every scorer but `embedding` needs an LLM (`backend` openai or transformers); with the default
-backend `none` asking for one is an error that names `ScoreConfig.backend`, never a faked score.
+Every scorer but `embedding` and the two judge-free ones (score/judgefree.py) needs an LLM (`backend`
+openai or transformers); with the default backend `none` asking for one is an error that names
+`ScoreConfig.backend`, never a faked score.
+
+A latent whose records lack what the window scorers need (fewer than `min_activating` test windows,
+or fewer negatives of a kind than asked) is skipped by them: its rows carry `error` "skipped: ..."
+and the summary lists it under `skipped` with the reason, never a silent null.
 
 Output, beside the explanations file unless `out` says otherwise:
 
@@ -62,12 +69,16 @@ from saekit.interp.score.examples import DEFAULT_EMBEDDING_MODEL, Item
 from saekit.interp.score.metrics import summarize
 from saekit.interp.score.model import KL_TARGETS, OUTPUT_PROMPTS
 
-SCORERS = ("detection", "fuzzing", "embedding", "simulation", "output", "input")
+SCORERS = ("detection", "fuzzing", "embedding", "simulation", "output", "input", "judgefree-input",
+           "judgefree-output")
 ALIASES = {"detect": "detection", "fuzz": "fuzzing", "embed": "embedding", "sim": "simulation",
-           "steering": "output", "output-based": "output", "input-based": "input"}
+           "steering": "output", "output-based": "output", "input-based": "input", "jf-input": "judgefree-input",
+           "jf-output": "judgefree-output"}
 LLM_SCORERS = ("detection", "fuzzing", "simulation", "output", "input")
-MODEL_SCORERS = ("output", "input")
-CHANCE = {"detection": 0.5, "fuzzing": 0.5, "embedding": 0.5, "simulation": 0.0, "output": 1 / 3, "input": 0.5}
+MODEL_SCORERS = ("output", "input", "judgefree-output")
+WINDOW_SCORERS = ("detection", "fuzzing", "embedding", "simulation", "judgefree-input")  # read records' windows
+CHANCE = {"detection": 0.5, "fuzzing": 0.5, "embedding": 0.5, "simulation": 0.0, "output": 1 / 3, "input": 0.5,
+          "judgefree-input": 0.5, "judgefree-output": 0.5}
 SCORES_FILE = "scores.jsonl"
 SUMMARY_FORMAT = "saekit-scores-summary"
 SUMMARY_FORMAT_VERSION = 1
@@ -92,6 +103,8 @@ class ScoreConfig:
     n_activating: int = doc("detection/fuzzing/embedding: activating windows per latent, from the records' "
                             "test quantiles (delphi: 50)", 50)
     n_negatives: int = doc("detection/fuzzing/embedding: non-activating windows per latent (delphi: 50)", 50)
+    min_activating: int = doc("window scorers skip latents with fewer activating test windows (named in the "
+                              "summary; delphi skips latents under 200 activating examples)", 10)
     negatives: list[str] = doc("kinds of non-activating windows: random and/or hard (delphi default: random)",
                                default_factory=lambda: ["random"])
     examples_per_prompt: int = doc("detection/fuzzing: windows per judge prompt (delphi: 5)", 5)
@@ -226,6 +239,28 @@ def distractor_pool(latents: list[int], records: LatentRecords, d_sae: int, seed
     return pool
 
 
+def skipped_latents(records: LatentRecords, latents: list[int], config: ScoreConfig) -> dict[int, str]:
+    """{latent: why the window scorers skip it}: fewer test windows than min_activating (or than
+    n_activating, when smaller), or fewer
+    negative windows of a kind than asked (n_negatives, or what the records were collected with)."""
+    asked = records.meta.get("asked", {})
+    reasons: dict[int, str] = {}
+    for f in dict.fromkeys(latents):
+        stats = records.stats(f)
+        n_test = int(stats.get("n_test", 0))
+        need = min(config.min_activating, config.n_activating)
+        problems = [f"{n_test} activating test windows (at least {need} needed: min_activating)"] \
+            if n_test < need else []
+        for kind in config.negatives:
+            want = min(config.n_negatives, int(asked.get(kind, config.n_negatives)))
+            have = int(stats.get(f"n_{kind}", 0))
+            if have < want:
+                problems.append(f"{have} {kind} negative windows of {want} asked")
+        if problems:
+            reasons[f] = "; ".join(problems)
+    return reasons
+
+
 def score_latents(config: ScoreConfig, backend: Any = None, embedder: Any = None, progress: bool = True
                   ) -> list[dict[str, Any]]:
     """Score the descriptions with every scorer of `config`; writes scores.jsonl and its summary.
@@ -235,6 +270,7 @@ def score_latents(config: ScoreConfig, backend: Any = None, embedder: Any = None
     `config.embedding_model`. Returns the rows written (see the module docstring).
     """
     from saekit.interp.score import examples as se
+    from saekit.interp.score import judgefree as jf
     from saekit.interp.score import model as sm
     from saekit.interp.explain.evidence import TokenText
 
@@ -264,18 +300,25 @@ def score_latents(config: ScoreConfig, backend: Any = None, embedder: Any = None
                          f"through the model, which has no tokenizer; pass --model with one")
     text = TokenText(model.tokenizer if model is not None else None)
     prepend_bos = bool(records.meta.get("prepend_bos", True))
+    skipped = skipped_latents(records, [item.latent for item in items], config) \
+        if any(s in WINDOW_SCORERS for s in config.scorers) else {}
     judge = getattr(backend, "name", "none") if backend is not None else "none"
 
     rows: list[dict[str, Any]] = []
     for scorer in config.scorers:
+        scored = [item for item in items if item.latent not in skipped] if scorer in WINDOW_SCORERS else items
         if scorer in ("detection", "fuzzing"):
-            found = se.run_classifier(scorer, items, records, text, backend, config, progress)
+            found = se.run_classifier(scorer, scored, records, text, backend, config, progress)
+        elif scorer == "judgefree-input":
+            found = jf.run_input(scored, records, text, config)
+        elif scorer == "judgefree-output":
+            found = jf.run_output(items, model, sae, records.hook_name, config, prepend_bos, text, progress)
         elif scorer == "simulation":
-            found = se.run_simulation(items, records, text, backend, config, progress)
+            found = se.run_simulation(scored, records, text, backend, config, progress)
         elif scorer == "embedding":
             if embedder is None:
                 embedder = se.load_embedder(config.embedding_model, str(device))
-            found = se.run_embedding(items, records, text, embedder, config, progress)
+            found = se.run_embedding(scored, records, text, embedder, config, progress)
         elif scorer == "output":
             latents = list(dict.fromkeys(item.latent for item in items))
             pool = distractor_pool(latents, records, sae.cfg.d_sae, config.seed) if latents else []
@@ -285,6 +328,9 @@ def score_latents(config: ScoreConfig, backend: Any = None, embedder: Any = None
         else:
             found = sm.run_input(items, model, sae, records.hook_name, config, backend, prepend_bos, progress)
         found += [se.row(item, scorer, None, 0, {}, error) for item, error in unscorable]
+        if scorer in WINDOW_SCORERS:
+            found += [se.row(item, scorer, None, 0, {}, f"skipped: {skipped[item.latent]}")
+                      for item in items if item.latent in skipped]
         by_item = {(item.latent, item.method): item.description for item in items}
         by_item.update({(item.latent, item.method): item.description for item, _ in unscorable})
         for r in found:
@@ -299,6 +345,8 @@ def score_latents(config: ScoreConfig, backend: Any = None, embedder: Any = None
     summary = {"format": SUMMARY_FORMAT, "format_version": SUMMARY_FORMAT_VERSION, "scores_file": str(out),
                "summary": summarize_scores(rows, config.n_boot, config.seed),
                "n_latents": len({r["latent"] for r in rows}), "scorers": config.scorers,
+               "skipped": [{"latent": f, "reason": reason, "scorers": [s for s in config.scorers if s in WINDOW_SCORERS]}
+                           for f, reason in skipped.items()],
                "methods": sorted({r["method"] for r in rows}), "judge": judge,
                "usage": dict(getattr(backend, "usage", {})) if backend is not None else {},
                "seconds": round(time.time() - started, 2), "config": config_to_dict(config)}
