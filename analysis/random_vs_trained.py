@@ -45,7 +45,8 @@ PAPER = {  # Heap, Lawson, Farnik & Aitchison 2025 (arXiv 2501.17727), Pythia-70
     "abstractness": "v2: latents of random models are more single-token (lower token entropy of their "
                     "activating tokens) than those of the trained model",
 }
-LLM_DEFAULT_SCORERS = ["detection", "fuzzing", "embedding"]
+LLM_DEFAULT_SCORERS = ["detection", "fuzzing", "judgefree-input", "embedding"]
+OFFLINE_DEFAULT_SCORERS = ["judgefree-input", "embedding"]  # the first is the primary score
 
 
 @dataclass
@@ -83,7 +84,8 @@ class RandomVsTrainedConfig:
         "n_hard_negatives": 0})
     methods: list[str] = doc("explanation methods (raw descriptions when backend is none)",
                              default_factory=lambda: ["maxact"])
-    scorers: list[str] = doc("scorers (empty: embedding offline; detection, fuzzing and embedding with a backend)",
+    scorers: list[str] = doc("scorers, the first the primary (empty: judgefree-input and embedding offline; detection, "
+                             "fuzzing, judgefree-input and embedding with a backend)",
                              default_factory=list)
     backend: str = doc("explainer and judge: none | openai | transformers", "none")
     llm_model: str = doc("explainer and judge model", "")
@@ -108,7 +110,7 @@ class RandomVsTrainedConfig:
         if self.n_latents < 2 or self.candidates < 1 or not self.seeds:
             raise ValueError("RandomVsTrainedConfig: n_latents >= 2, candidates >= 1 and one seed at least")
         if not self.scorers:
-            self.scorers = ["embedding"] if self.backend == "none" else list(LLM_DEFAULT_SCORERS)
+            self.scorers = list(OFFLINE_DEFAULT_SCORERS) if self.backend == "none" else list(LLM_DEFAULT_SCORERS)
 
 
 # ---------------------------------------------------------------------------- abstractness proxy
@@ -444,7 +446,9 @@ def write_report(rows: list[dict[str, Any]], latents: list[dict[str, Any]], conf
                      f"{r['token_entropy_ci_high']:.2f}] | "
                      f"{r['top_token_fraction']:.2f} | {r['token_r2']:.3f} | {r['position_r2']:.3f} | "
                      f"{r['duplicate_contexts']:.4f} |")
-    lines += ["", "Scores: per-latent means (embedding: AUROC of description-window similarity, chance 0.5; "
+    lines += ["", "Scores: per-latent means (judgefree-input: AUROC of held-out windows by how many of their tokens "
+              "the description names, no judge, chance 0.5; embedding: AUROC of description-window similarity, "
+              "chance 0.5; "
               "token match: AUROC of an offline keyword judge of the raw MaxAct tokens on the same windows, chance "
               "0.5); token entropy: of the token ids at the max-activating position of each latent's top examples "
               "(0 = one token); token / position R^2: activation variance predicted by the token id / the position "

@@ -107,7 +107,7 @@ def test_a_micro_run_writes_tables_figures_and_the_paper_checks(tmp_path):
     assert gaussian.token_r2 < 0.05 < results.set_index("variant").loc["trained", "token_r2"]
     summary = json.loads((report / "summary.json").read_text())
     claims = {(c["variant"], c["claim"].split(" (")[0]) for c in summary["checks"]}
-    for scorer in ("embedding score", "token-match score"):
+    for scorer in ("judgefree-input score", "token-match score"):
         assert ("gaussian-embeddings", f"the control's {scorer} is clearly below trained's") in claims
         assert ("random", f"{scorer} about the same as trained's") in claims
         assert ("step0", f"{scorer} about the same as trained's") in claims

@@ -71,9 +71,9 @@ class DemoConfig:
                                "fraction of the evaluated tokens (rarer ones leave too few windows to score)", 1e-3)
     collect_tokens: int = doc("tokens scanned for latent records (the cache's last contexts)", None)
     methods: list[str] = doc("explanation methods", default_factory=lambda: ["maxact", "vocabproj", "tokenchange"])
-    scorers: list[str] = doc("scorers (embedding needs no LLM; the others need a backend)",
-                             default_factory=lambda: ["embedding"])
-    score_windows: int = doc("activating and non-activating windows per latent for the scorers", 10)
+    scorers: list[str] = doc("scorers (embedding and the judge-free ones need no LLM; the others need a backend)",
+                             default_factory=lambda: ["embedding", "judgefree-input", "judgefree-output"])
+    score_windows: int = doc("activating and non-activating windows per latent for the scorers", 20)
     tc_sequences: int = doc("TokenChange: sequences generated per latent", None)
     backend: str = doc("explainer/judge: '' = $SAEKIT_LLM_BACKEND or none | none | openai | transformers", "")
     llm_model: str = doc("LLM model name ('' = $SAEKIT_LLM_MODEL)", "")

@@ -82,12 +82,13 @@ def summary_table(summary: dict[str, Any]) -> list[str]:
         asked = summary["config"]["methods"]
         methods = [m for m in asked if m in found] + sorted(found - set(asked))
         chance = next(s["chance"] for by in summary["scores"].values() for s in by.get(scorer, {}).values())
-        lines += ["", f"mean {scorer} score per description method (chance {chance:.2f}; n = latents scored):",
-                  f"{'model':<10}" + "".join(f"{m:>16}" for m in methods)]
+        lines += ["", f"mean {scorer} score per description method [95% CI] (chance {chance:.2f}; n = latents "
+                      f"scored):", f"{'model':<10}" + "".join(f"{m:>26}" for m in methods)]
         for init, by in summary["scores"].items():
             cells = []
             for m in methods:
                 s = by.get(scorer, {}).get(m)
-                cells.append(f"{s['mean']:>9.3f} n={s['n']:<4}" if s and s["mean"] is not None else f"{'-':>16}")
-            lines.append(f"{init:<10}" + "".join(f"{c:>16}" for c in cells))
+                cells.append(f"{s['mean']:.3f} [{s['ci_low']:.2f}, {s['ci_high']:.2f}] n={s['n']:<3}"
+                             if s and s["mean"] is not None else "-")
+            lines.append(f"{init:<10}" + "".join(f"{c:>26}" for c in cells))
     return lines
