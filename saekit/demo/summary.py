@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,7 @@ def summarize(config: DemoConfig) -> dict[str, Any]:
 
     by_width: dict[str, dict[str, dict[str, Any]]] = {}
     scores: dict[str, dict[str, dict[str, Any]]] = {}
+    skipped: dict[str, list[dict[str, Any]]] = {init: [] for init in config.inits}
     for init in config.inits:
         by_width[init] = {}
         rows: list[dict[str, Any]] = []
@@ -35,7 +37,9 @@ def summarize(config: DemoConfig) -> dict[str, Any]:
                 **{key: _mean([e.get(key) for e in evals]) for key in ("fvu", "l0", "dead_fraction", "ce_loss_score")},
                 **match_numbers(match),
             }
-            rows += read_scores(sae_dirs(config, init, width)[0] / "records" / "scores.jsonl")
+            scores_file = sae_dirs(config, init, width)[0] / "records" / "scores.jsonl"
+            rows += read_scores(scores_file)
+            skipped[init] += [{"width": width, **s} for s in _skipped(scores_file)]
         scores[init] = {scorer: {method: {k: s[k] for k in ("mean", "n", "ci_low", "ci_high", "chance", "n_failed")}
                                  for method, s in methods.items()}
                         for scorer, methods in summarize_scores(rows, n_boot=200).items()}
@@ -43,7 +47,16 @@ def summarize(config: DemoConfig) -> dict[str, Any]:
                      "same_partner": None}  # 1 by construction at init (decoder = encoder^T): no baseline
             for w in config.widths if (match_dir(config, "null", w) / "match.json").exists()}
     return {"format": SUMMARY_FORMAT, "format_version": 1, "config": config_to_dict(config),
-            "llm_backend": llm_settings(config)[0], "by_width": by_width, "null_matching": null, "scores": scores}
+            "llm_backend": llm_settings(config)[0], "by_width": by_width, "null_matching": null, "scores": scores,
+            "skipped": skipped}
+
+
+def _skipped(scores_file: Path) -> list[dict[str, Any]]:
+    """The latents the window scorers skipped, with why (scores_summary.json beside scores_file)."""
+    from saekit.interp.score.run import summary_path
+
+    path = summary_path(scores_file)
+    return json.loads(path.read_text()).get("skipped", []) if path.exists() else []
 
 
 def match_numbers(match: dict[str, Any]) -> dict[str, Any]:
@@ -91,4 +104,8 @@ def summary_table(summary: dict[str, Any]) -> list[str]:
                 cells.append(f"{s['mean']:.3f} [{s['ci_low']:.2f}, {s['ci_high']:.2f}] n={s['n']:<3}"
                              if s and s["mean"] is not None else "-")
             lines.append(f"{init:<10}" + "".join(f"{c:>26}" for c in cells))
+    for init, found in summary.get("skipped", {}).items():
+        if found:
+            lines.append(f"({init}: {len(found)} latents skipped by the window scorers, e.g. latent "
+                         f"{found[0]['latent']}: {found[0]['reason']}; all in summary.json)")
     return lines
