@@ -75,6 +75,9 @@ class DemoConfig:
                              default_factory=lambda: ["embedding", "judgefree-input", "judgefree-output"])
     score_windows: int = doc("activating and non-activating windows per latent for the scorers", 20)
     tc_sequences: int = doc("TokenChange: sequences generated per latent", None)
+    tc_clamp: str = doc("TokenChange: clamp value, a multiple of each latent's max ('2x': the paper's +/-10 is in "
+                        "its SAEs' scale; saekit's Gemma latents peak near 1,800, where +10 turns them down) or a "
+                        "number", "2x")
     backend: str = doc("explainer/judge: '' = $SAEKIT_LLM_BACKEND or none | none | openai | transformers", "")
     llm_model: str = doc("LLM model name ('' = $SAEKIT_LLM_MODEL)", "")
     llm: dict[str, Any] = doc("other LLMConfig fields, e.g. {\"base_url\": ...} ($SAEKIT_LLM_BASE_URL / "
@@ -301,6 +304,7 @@ def describe_latents(config: DemoConfig, caches: dict[str, str], progress: bool)
                                                   device=config.device), progress)
                 if not (records / "explanations.jsonl").exists():
                     explain_latents(ExplainConfig(records=str(records), methods=config.methods, vocab_tokens=20,
+                                                  tc_clamp=config.tc_clamp,
                                                   tc_sequences=config.tc_sequences, backend=backend, llm_model=llm_model, llm=llm,
                                                   device=config.device), progress=progress)
                 if seed == config.seeds[0] and not (records / "scores.jsonl").exists():

@@ -11,7 +11,9 @@ and the recipe `autointerp/score_published.py CONFIG`. Steps, each a saekit stag
 1. load the SAE with `saekit.load_sae`: a sae-lens registry id RELEASE/SAE_ID (downloaded by
    sae-lens), a local SAELens, sparsify or saekit folder, or a sparsify hub repo OWNER/REPO[/HOOK];
 2. cache `n_tokens` of `model` on `dataset` at the SAE's hook point into OUT/cache (`cache_activations`;
-   a complete cache there is reused), unless `cache` names an existing one;
+   a complete cache there is reused), unless `cache` names an existing one; the model is processed as
+   `model_processing` says ("auto": as the SAE was trained, e.g. center_writing_weights for
+   gpt2-small-res-jb), and a cache made with other processing is refused, naming the field;
 3. collect records of the chosen latents into OUT/records (`collect_records`; reused when present);
 4. describe them (`explain_latents` -> OUT/records/explanations.jsonl);
 5. score the descriptions (`score_latents` -> OUT/scores.jsonl and OUT/scores_summary.json);
@@ -52,6 +54,9 @@ class PublishedConfig:
     hookpoint: str = doc("which SAE of a sparsify multi-hookpoint checkpoint ('' = the only one)", "")
     model: str = doc("model to run: TransformerLens name or folder ('' = the model the SAE names)", "")
     init: str = doc("init variant of the model", "trained")
+    model_processing: str = doc("TransformerLens weight processing of the model: auto (as the SAE's metadata says "
+                                "it was trained: sae-lens's model_from_pretrained_kwargs, the registry's overrides) | "
+                                "none | from_pretrained | a comma list of flags (docs/models.md)", "auto")
     dataset: str = doc("dataset the records come from: 'stdlib-docstrings', a local file or a HF dataset",
                        "stdlib-docstrings")
     cache: str = doc("existing activation cache with the SAE's hook point ('' = cache n_tokens into OUT/cache)", "")
@@ -158,22 +163,28 @@ def score_published(config: PublishedConfig, progress: bool = True) -> dict[str,
     from saekit.data import CacheConfig, cache_activations
     from saekit.data.cache import resolve_device
 
+    from saekit.models.processing import resolve_model_processing, spec_string
+
     check_backend(config)
     started, seconds = time.time(), {}
     out = output_dir(config)
     device = resolve_device(config.device)
     sae = _load(config, device)
+    processing = resolve_model_processing(config.model_processing, config.sae, sae, "PublishedConfig.model_processing")
     model = config.model or model_named_by(config.sae)
     if not model and not config.cache:
         raise ValueError(f"PublishedConfig.model: {config.sae} names no model; pass the model it reads "
                          f"(--model NAME or a folder)")
     out.mkdir(parents=True, exist_ok=True)
     cache = config.cache
-    if not cache:
+    if cache:
+        _check_cache_processing(cache, processing, config.model_processing)
+    else:
         cache = str(out / "cache")
         cache_activations(CacheConfig(out=cache, model=model, init=config.init, dataset=config.dataset,
                                       hooks=[sae.cfg.hook_name], n_tokens=config.n_tokens, ctx_len=config.ctx_len,
-                                      device=config.device), progress=progress)
+                                      model_processing=spec_string(processing), device=config.device),
+                          progress=progress)
     seconds["cache"] = round(time.time() - started, 1)
 
     step = time.time()
@@ -208,6 +219,7 @@ def score_published(config: PublishedConfig, progress: bool = True) -> dict[str,
     pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS)).to_csv(out / SUMMARY_TABLE, index=False)
     result = {
         "format": "saekit-published-scores", "format_version": 1, "sae": config.sae, "model": model,
+        "model_processing": list(processing),
         "hook_name": sae.cfg.hook_name, "architecture": sae.cfg.architecture, "d_in": sae.cfg.d_in,
         "d_sae": sae.cfg.d_sae, "cache": cache, "records": str(records),
         "explanations": str(records / "explanations.jsonl"), "scores": str(scores_file),
@@ -217,6 +229,21 @@ def score_published(config: PublishedConfig, progress: bool = True) -> dict[str,
     }
     write_json_atomic(out / PUBLISHED_FILE, result)
     return result
+
+
+def _check_cache_processing(cache: str, processing: tuple[str, ...], spec: str) -> None:
+    """ValueError naming PublishedConfig.model_processing when `cache` was made from a model processed
+    otherwise than the SAE reads. A manifest without the field holds an unprocessed model when
+    load_model made it (older saekit), and is taken as is when not (a cache of arrays)."""
+    from saekit.data import read_manifest
+
+    manifest = read_manifest(cache)
+    made_by_load_model = isinstance(manifest.get("model"), dict) and "source_kind" in manifest["model"]
+    recorded = manifest.get("model_processing", [] if made_by_load_model else None)
+    if recorded is not None and list(recorded) != list(processing):
+        raise ValueError(f"PublishedConfig.cache: {cache} holds activations of a model with model_processing="
+                         f"{list(recorded)}, but the SAE reads model_processing={list(processing)} "
+                         f"(PublishedConfig.model_processing={spec!r}): cache again, or set model_processing")
 
 
 def _local_copy(sae: Any, out: Path) -> str:

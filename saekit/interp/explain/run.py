@@ -12,7 +12,8 @@ Methods (Gur-Arieh et al. 2025, arXiv 2501.08319; evidence in explain_evidence.p
 
 Without an LLM (`backend = "none"`, the default) the description is the evidence itself in short
 ("raw" mode: the tokens the latent fires on, the tokens it promotes), so everything runs offline.
-With an LLM, the prompts are the versioned templates of saekit/interp/prompts/.
+With an LLM, the prompts are the versioned templates of saekit/interp/prompts/ (`prompt_set = paper`:
+Gur-Arieh et al.'s prompts verbatim, saekit/interp/prompts/paper/).
 
 Output: `explanations.jsonl`, one JSON object per (latent, method): latent, method, description,
 evidence (what the prompt showed), backend, model, prompt_version, ok, error, sae, hook_name, records.
@@ -33,8 +34,9 @@ import torch
 from saekit.config import config_to_dict, doc
 from saekit.data.cache import resolve_device
 from saekit.interp.explain import evidence as ev
-from saekit.interp.prompts import (description_validator, examples_block, load_template, output_block,
-                                   parse_description, token_list)
+from saekit.interp.prompts import (check_prompt_set, description_validator, examples_block, load_template,
+                                   output_block, parse_description, token_list)
+from saekit.interp.prompts import paper
 from saekit.interp.records.format import LatentRecords, load_records
 
 METHODS = ("maxact", "vocabproj", "tokenchange")
@@ -71,6 +73,7 @@ class ExplainConfig:
     llm: dict[str, Any] = doc("other LLMConfig fields, e.g. {\"base_url\": ..., \"cache_dir\": ...}",
                               default_factory=dict)
     prompt_dir: str = doc("folder of prompt templates ('' = saekit's own)", "")
+    prompt_set: str = doc("prompt templates: saekit (default) | paper (Gur-Arieh et al.'s, verbatim)", "saekit")
     max_description_chars: int = doc("longer LLM descriptions are rejected and retried", 300)
     seed: int = doc("seed of the TokenChange sequences", 0)
     device: str = doc("auto | cpu | cuda", "auto")
@@ -80,6 +83,7 @@ class ExplainConfig:
         if self.maxact_source not in ("top", "explain"):
             raise ValueError(f"ExplainConfig.maxact_source must be top or explain, got {self.maxact_source!r}")
         ev.parse_clamp(self.tc_clamp, 1.0)
+        check_prompt_set(self.prompt_set, "ExplainConfig.prompt_set")
 
 
 def canonical_method(name: str) -> str:
@@ -122,9 +126,12 @@ def gather_evidence(records: LatentRecords, latents: list[int], bases: set[str],
 
     evidence: dict[str, dict[int, Any]] = {}
     if "maxact" in bases:
-        evidence["maxact"] = {
-            f: ev.maxact_evidence(records.examples(f, config.maxact_source)[:config.maxact_examples], text,
-                                  records.stats(f)["max_activation"]) for f in latents}
+        evidence["maxact"] = {}
+        for f in latents:
+            examples = records.examples(f, config.maxact_source)[:config.maxact_examples]
+            evidence["maxact"][f] = ev.maxact_evidence(examples, text, records.stats(f)["max_activation"])
+            if config.prompt_set == "paper":  # the paper's prompt shows every token of each window
+                evidence["maxact"][f]["records"] = paper.activation_records(examples, text)
     if "vocabproj" in bases:
         if sae.cfg.d_in != model.cfg.d_model:
             raise ValueError(f"VocabProj projects decoder rows through the unembedding: the SAE's hook "
@@ -154,6 +161,14 @@ def tokenchange_all(records: LatentRecords, latents: list[int], config: ExplainC
     per_pass = max(1, ev.tokenchange_batch_size(len(tokens), tokens.shape[1], config.tc_batch_tokens) // 2)
     clean_mean = ev.mean_logits(model, tokens, start)[0]
     out: dict[int, Any] = {}
+    under = [f for f in latents if 0 < ev.parse_clamp(config.tc_clamp, 1.0) < records.stats(f)["max_activation"]
+             and not str(config.tc_clamp).strip().lower().endswith("x")]
+    if under:
+        warnings.warn(f"ExplainConfig.tc_clamp {config.tc_clamp!r} is below the max activation of {len(under)} of "
+                      f"{len(latents)} latents (e.g. latent {under[0]}: {records.stats(under[0])['max_activation']:.4g}): "
+                      f"clamping there turns the latent down where it fires, so TokenChange's 'promotes' list shows "
+                      f"what it suppresses; the paper's 10 is in its SAEs' activation scale, a multiple of the "
+                      f"latent's max ('2x') is scale-free", stacklevel=2)
     bar = tqdm(total=len(latents), desc="tokenchange", unit="latent", disable=not progress)
     for i in range(0, len(latents), per_pass):
         batch = latents[i:i + per_pass]
@@ -187,8 +202,11 @@ def ensemble_prompt_fields(evidence: dict[str, Any]) -> dict[str, str]:
             "output_block": output_block(evidence.get("vocabproj"), evidence.get("tokenchange")) if has_output else ""}
 
 
-def prompt_messages(method: str, evidence: dict[str, Any], prompt_dir: str) -> tuple[list[dict[str, str]], str]:
+def prompt_messages(method: str, evidence: dict[str, Any], prompt_dir: str, prompt_set: str = "saekit"
+                    ) -> tuple[list[dict[str, str]], str]:
     """(chat messages, prompt version) for one latent and one method (not concat)."""
+    if prompt_set == "paper":
+        return paper.messages(method, evidence, prompt_dir or None)
     if "+" in method:
         template = load_template("ensemble", prompt_dir or None)
         return template.messages(**ensemble_prompt_fields(evidence)), template.id
@@ -236,17 +254,19 @@ def llm_results(methods: list[str], latents: list[int], evidence: dict[str, dict
     keys, requests, versions = [], [], []
     for method in methods:
         for f in latents:
-            messages, version = prompt_messages(method, _shown(method, evidence, f), config.prompt_dir)
+            messages, version = prompt_messages(method, _shown(method, evidence, f), config.prompt_dir,
+                                                config.prompt_set)
             if method == "maxact" and not evidence["maxact"][f]["examples"]:
                 results[(method, f)] = ("", False, "no activating examples", version)
                 continue
             keys.append((method, f))
             requests.append(messages)
             versions.append(version)
-    replies = backend.chat_many(requests, validate=description_validator(config.max_description_chars),
+    parse = paper.parse_description if config.prompt_set == "paper" else parse_description
+    replies = backend.chat_many(requests, validate=description_validator(config.max_description_chars, parse),
                                 progress=progress)
     for key, reply, version in zip(keys, replies, versions):
-        results[key] = (parse_description(reply.text) if reply.ok else "", reply.ok, reply.error, version)
+        results[key] = (parse(reply.text) if reply.ok else "", reply.ok, reply.error, version)
     return results
 
 

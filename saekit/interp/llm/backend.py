@@ -15,9 +15,11 @@ llama.cpp servers; `llm_http.py`); "transformers" runs a local causal LM with ba
 3. transport failures (HTTP 429 and 5xx, timeouts, connection errors, unreadable responses) are
    retried after an exponential backoff with jitter (`backoff_base_s * 2**k`, times a random factor
    in [0.5, 1.5), at most `MAX_BACKOFF_S`); a `Retry-After` header is honoured as a lower bound;
-4. replies are checked: blank -> "empty", longer than `max_reply_chars` -> "too_long", an opening
-   such as "I'm sorry" / "I cannot" / "As an AI" -> "refusal", then the caller's `validate` (None =
-   fine, else an error label such as "wrong_format"); a failed check is retried at once, sampling at
+4. replies are checked: blank -> "empty", longer than `max_reply_chars` -> "too_long", then the
+   caller's `validate` (None = fine, else an error label such as "wrong_format"); a reply with no
+   answer in it (validate failed, or there is no validate) that is short (< `REFUSAL_MAX_CHARS`)
+   and opens like "I'm sorry" / "I cannot" / "As an AI" -> "refusal" (`is_refusal`), so a hedged
+   answer ("I can't be certain, but set 2 ...") is kept; a failed check is retried at once, sampling at
    `retry_temperature` when the request asked for greedy decoding (greedy retries repeat themselves);
 5. after `max_retries` retries (so `1 + max_retries` attempts) the last error is recorded in the
    `ChatResult` (`ok=False`); nothing in this loop raises, so one bad reply never ends a run.
@@ -48,6 +50,7 @@ MAX_BACKOFF_S = 60.0
 REFUSAL_PATTERN = re.compile(
     r"^\W*(i['’]?m sorry|i am sorry|sorry, (but )?i|i cannot|i can['’]?t|i can not|i['’]?m unable|i am unable"
     r"|i['’]?m not able|i am not able|as an ai)\b", re.IGNORECASE)
+REFUSAL_MAX_CHARS = 200  # a refusal is short: longer replies that open with "I can't ..." are hedged answers
 
 Messages = list[dict[str, str]]
 Validator = Callable[[str], "str | None"]
@@ -120,20 +123,34 @@ class TransportError(Exception):
         self.retry_after_s = retry_after_s
 
 
+def is_refusal(text: str, answered: bool = False) -> bool:
+    """Whether `text` refuses: it holds no answer (`answered` False), is short (< REFUSAL_MAX_CHARS
+    characters once stripped) and opens like a refusal (REFUSAL_PATTERN: "I'm sorry", "I cannot", "As an AI").
+
+    The opening alone is not enough: judges hedge ("I can't be certain, but set 2 ...") on exactly
+    the hard items, and dropping those as refusals biases scores towards the easy ones."""
+    return not answered and len(text.strip()) < REFUSAL_MAX_CHARS and REFUSAL_PATTERN.match(text) is not None
+
+
 def check_reply(text: str, max_reply_chars: int, validate: Validator | None = None) -> str | None:
-    """None when `text` is acceptable, else its error label (empty, too_long, refusal, or validate's)."""
+    """None when `text` is acceptable, else its error label (empty, too_long, refusal, or validate's).
+
+    `validate` decides whether the reply holds an answer (None = it does); a reply it rejects, or any
+    reply when there is no `validate`, is labelled "refusal" when `is_refusal` says so, else it gets
+    validate's label. So a validator should reject a reply that only apologises (see
+    prompts.description_validator, whose free-text answers could otherwise be anything)."""
     if not text.strip():
         return "empty"
     if len(text) > max_reply_chars:
         return "too_long"
-    if REFUSAL_PATTERN.match(text):
-        return "refusal"
-    if validate is None:
-        return None
-    try:
-        return validate(text)
-    except Exception as error:  # a validator that raises is a malformed reply, not a crashed run
-        return f"wrong_format: validate raised {type(error).__name__}: {error}"[:200]
+    verdict = None
+    if validate is not None:
+        try:
+            verdict = validate(text)
+        except Exception as error:  # a validator that raises is a malformed reply, not a crashed run
+            verdict = f"wrong_format: validate raised {type(error).__name__}: {error}"[:200]
+    answered = validate is not None and verdict is None
+    return "refusal" if is_refusal(text, answered) else verdict
 
 
 def backoff_delay(retry: int, base_s: float, retry_after_s: float | None = None) -> float:

@@ -136,12 +136,17 @@ def context_range_of(manifest: dict[str, Any], n_tokens: int, first_context: int
     return first, min(total, first + n_contexts)
 
 
-def _live_cache(config: CollectConfig, hook: str, out: Path) -> str:
+def _live_cache(config: CollectConfig, sae: Any, out: Path) -> str:
+    """Cache --model at the SAE's hook, processed as the SAE was trained (model_processing 'auto')."""
+    from saekit.models.processing import resolve_model_processing, spec_string
+
     if not config.model:
         raise ValueError("saekit collect needs --cache CACHE_DIR, or --model NAME (and --dataset) to run live")
     cache = out / "cache"
+    processing = spec_string(resolve_model_processing("auto", config.sae, sae))
     cache_activations(CacheConfig(out=str(cache), model=config.model, init=config.init, dataset=config.dataset,
-                                  hooks=[hook], n_tokens=config.n_tokens or 1_000_000, device=config.device))
+                                  hooks=[sae.cfg.hook_name], n_tokens=config.n_tokens or 1_000_000,
+                                  model_processing=processing, device=config.device))
     return str(cache)
 
 
@@ -157,7 +162,7 @@ def collect_records(config: CollectConfig, progress: bool = True) -> Path:
     sae = load_sae(config.sae, device=device)
     out = Path(config.out or output_dir_for(config.sae) / "records")
     out.mkdir(parents=True, exist_ok=True)
-    cache = config.cache or _live_cache(config, sae.cfg.hook_name, out)
+    cache = config.cache or _live_cache(config, sae, out)
     manifest = read_manifest(cache)
     hook = check_sae_against_cache(sae, manifest, cache)
     latents = select_latents(config, sae.cfg.d_sae)

@@ -22,15 +22,14 @@ of a latent is judged on the same windows, in the same order and batches.
 from __future__ import annotations
 
 import functools
-import json
 import math
-import re
 from dataclasses import dataclass
 from typing import Any, Callable, Hashable
 
 import numpy as np
 
-from saekit.interp.prompts import load_template
+from saekit.interp.prompts import load_template, prompt_set_of
+from saekit.interp.prompts.replies import parse_activations, parse_labels
 from saekit.interp.records.format import Example, LatentRecords
 from saekit.interp.score.metrics import accuracy_by_group, auroc, balanced_accuracy, pearson, pooled_correlation
 
@@ -133,16 +132,6 @@ def fuzzing_samples(activating: list[Example], negatives: list[Example], text: C
     return samples
 
 
-def parse_labels(reply: str, n: int) -> list[int] | None:
-    """The first bracketed list of n 0/1 values in a judge's reply (e.g. '[1, 0, 1]'), else None."""
-    for match in re.finditer(r"\[([^\[\]]*)\]", reply):
-        items = [i.strip().strip("'\"").lower() for i in match.group(1).split(",") if i.strip()]
-        items = ["1" if i in ("true", "yes") else "0" if i in ("false", "no") else i for i in items]
-        if len(items) == n and all(i in ("0", "1", "0.0", "1.0") for i in items):
-            return [int(float(i)) for i in items]
-    return None
-
-
 def labels_validator(n: int) -> Callable[[str], str | None]:
     return lambda reply: None if parse_labels(reply, n) is not None else f"wrong_format: no list of {n} 0/1 answers"
 
@@ -193,7 +182,7 @@ def row(item: Item, scorer: str, score: float | None, n: int, details: dict[str,
 def run_classifier(scorer: str, items: list[Item], records: LatentRecords, text: Callable[[int], str],
                    backend: Any, config: Any, progress: bool = True) -> list[dict[str, Any]]:
     """Detection or fuzzing rows for `items`: every prompt of every item in one round of requests."""
-    template = load_template(scorer, config.prompt_dir or None)
+    template = load_template(scorer, config.prompt_dir or None, prompt_set_of(config))
     samples_of: dict[int, list[Sample]] = {}
     for latent in dict.fromkeys(item.latent for item in items):
         rng = latent_rng(config.seed, latent)
@@ -243,33 +232,6 @@ def tokens_block(strings: list[str]) -> str:
     return "\n".join(f"{i}\t{escape(s)}" for i, s in enumerate(strings, 1))
 
 
-def parse_activations(reply: str, n: int) -> list[float] | None:
-    """n predicted activations (clipped to 0-10) from a simulator's reply, else None.
-
-    Read as: lines 'index<TAB>activation' or 'index<TAB>token<TAB>activation' (the first integer
-    is the token's number, the last number its activation), covering 1..n; or a JSON list of n numbers.
-    """
-    found: dict[int, float] = {}
-    for line in reply.splitlines():
-        numbers = re.findall(r"-?\d+(?:\.\d+)?", line)
-        head = re.match(r"\s*(\d+)\b", line)
-        if head is None or len(numbers) < 2:
-            continue
-        index = int(head.group(1))
-        if 1 <= index <= n:
-            found[index] = float(numbers[-1])
-    if len(found) == n:
-        return [min(10.0, max(0.0, found[i])) for i in range(1, n + 1)]
-    for match in re.finditer(r"\[[^\[\]]*\]", reply):
-        try:
-            values = json.loads(match.group(0))
-        except ValueError:
-            continue
-        if isinstance(values, list) and len(values) == n and all(isinstance(v, (int, float)) for v in values):
-            return [min(10.0, max(0.0, float(v))) for v in values]
-    return None
-
-
 def activations_validator(n: int) -> Callable[[str], str | None]:
     return lambda reply: None if parse_activations(reply, n) is not None else \
         f"wrong_format: no activation for each of the {n} tokens"
@@ -296,7 +258,7 @@ def run_simulation(items: list[Item], records: LatentRecords, text: Callable[[in
                    config: Any, progress: bool = True) -> list[dict[str, Any]]:
     """Simulation rows: one prompt per (item, window), `sim_activating` quantile windows and
     `sim_negatives` non-activating ones per latent."""
-    template = load_template("simulation", config.prompt_dir or None)
+    template = load_template("simulation", config.prompt_dir or None, prompt_set_of(config))
     windows: dict[int, list[Example]] = {}
     for latent in dict.fromkeys(item.latent for item in items):
         activating, negatives = select_examples(records, latent, config.sim_activating, config.sim_negatives,

@@ -12,9 +12,10 @@ records' `test` quantile sample, leaving out the contexts the latent's `top` exa
 MaxAct describes those) against non-activating ones (`negatives`, default random silent windows).
 Chance 0.5; a description naming nothing found in any window scores 0.5.
 
-`judgefree-output` (does steering the latent raise what the description names?): for each positive
-KL target of `kl_targets` the latent is clamped at the value the bisection of the output scorer
-finds (KL(clean || steered) averaged over the `output_prompts` positions), and every vocabulary
+`judgefree-output` (does steering the latent raise what the description names?): at the largest
+positive KL target of `kl_targets` (0.5 by default; one target keeps the cost to one bisection per
+latent) the latent is clamped at the value the bisection of the output scorer finds (KL(clean ||
+steered) averaged over the `output_prompts` positions), and every vocabulary
 token gets its percentile rank in the mean change of log-probability over those positions (1 =
 raised most). A description's strength under a steering is the mean rank of the tokens it names;
 the score of latent f's description is the fraction of the other scored latents' descriptions (same
@@ -140,7 +141,7 @@ def run_output(items: list[Item], model: Any, sae: Any, hook_name: str, config: 
     from saekit.interp.score.model import find_clamp_values, prompt_tokens
 
     start = 1 if prepend_bos else 0
-    targets = [t for t in config.kl_targets if t > 0]
+    targets = [max(config.kl_targets)] if max(config.kl_targets) > 0 else []
     if not targets:
         return [row(item, "judgefree-output", None, 0, {}, "ScoreConfig.kl_targets has no positive KL")
                 for item in items]

@@ -24,14 +24,13 @@ left out) is higher for the positive ones. Ties, e.g. a latent silent on both, f
 
 from __future__ import annotations
 
-import json
-import re
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from saekit.interp.prompts import load_template
+from saekit.interp.prompts import load_template, paper, prompt_set_of
+from saekit.interp.prompts.replies import parse_choice, parse_sentences
 from saekit.interp.score.examples import Item, ask_judge, escape, row
 
 OUTPUT_PROMPTS = ("The explanation is simple:", "I think", "We")
@@ -201,17 +200,6 @@ def set_text(generation: dict[str, Any], prompts: list[str]) -> str:
                      for prompt, text in zip(prompts, texts))
 
 
-def parse_choice(reply: str) -> int | None:
-    """The set the judge names: 1, 2 or 3 on its last non-empty line (else the last 'set N'), or None."""
-    lines = [line for line in reply.splitlines() if line.strip()]
-    if lines:
-        match = re.search(r"\b([123])\b", lines[-1])
-        if match:
-            return int(match.group(1))
-    found = re.findall(r"set\s*#?\s*([123])\b", reply, flags=re.IGNORECASE)
-    return int(found[-1]) if found else None
-
-
 def choice_validator(_: Any = None) -> Callable[[str], str | None]:
     return lambda reply: None if parse_choice(reply) is not None else "wrong_format: no set number 1, 2 or 3"
 
@@ -219,7 +207,8 @@ def choice_validator(_: Any = None) -> Callable[[str], str | None]:
 def run_output(items: list[Item], generations: dict[int, dict[str, Any]], config: Any, backend: Any,
                progress: bool = True) -> list[dict[str, Any]]:
     """Output-based rows: per item and trial the judge picks one of three sets of completions."""
-    template = load_template("output_judge", config.prompt_dir or None)
+    template = load_template("output_judge", config.prompt_dir or None, prompt_set_of(config))
+    write_set = paper.set_text if prompt_set_of(config) == "paper" else set_text
     prompts = list(config.output_prompts)
     pool = list(generations)
     requests, owners = [], []
@@ -228,7 +217,7 @@ def run_output(items: list[Item], generations: dict[int, dict[str, Any]], config
             rng = np.random.default_rng([config.seed, item.latent, trial, 3])
             distractors = [int(f) for f in rng.choice([f for f in pool if f != item.latent], 2, replace=False)]
             order = [([item.latent] + distractors)[k] for k in rng.permutation(3)]
-            sets = {f"set{k + 1}": set_text(generations[f], prompts) for k, f in enumerate(order)}
+            sets = {f"set{k + 1}": write_set(generations[f], prompts) for k, f in enumerate(order)}
             requests.append(template.messages(explanation=item.description, **sets))
             owners.append((index, order.index(item.latent) + 1, distractors))
     replies = ask_judge(backend, requests, [0] * len(requests), choice_validator, progress)
@@ -251,28 +240,6 @@ def run_output(items: list[Item], generations: dict[int, dict[str, Any]], config
 
 
 # ---- input-based -----------------------------------------------------------------------------------
-def parse_sentences(reply: str) -> tuple[list[str], list[str]] | None:
-    """(positive, negative) sentence lists from a JSON object in the reply (code fences and text
-    around it allowed); None unless both are non-empty lists of non-empty strings."""
-    text = re.sub(r"```(?:json)?", "", reply)
-    first, last = text.find("{"), text.rfind("}")
-    if first < 0 or last <= first:
-        return None
-    try:
-        data = json.loads(text[first:last + 1])
-    except ValueError:
-        return None
-    if not isinstance(data, dict):
-        return None
-    lists = []
-    for key in ("positive", "negative"):
-        value = data.get(key)
-        if not isinstance(value, list) or not value or not all(isinstance(s, str) and s.strip() for s in value):
-            return None
-        lists.append([s.strip() for s in value])
-    return lists[0], lists[1]
-
-
 def sentences_validator(_: Any = None) -> Callable[[str], str | None]:
     return lambda reply: None if parse_sentences(reply) is not None else \
         "wrong_format: no JSON object with non-empty 'positive' and 'negative' lists"
@@ -319,7 +286,7 @@ def sentence_max_acts(model: Any, sae: Any, hook_name: str, sentences: list[str]
 def run_input(items: list[Item], model: Any, sae: Any, hook_name: str, config: Any, backend: Any, prepend_bos: bool,
               progress: bool = True) -> list[dict[str, Any]]:
     """Input-based rows: the LLM writes sentences per description, the latent's activations decide."""
-    template = load_template("input_sentences", config.prompt_dir or None)
+    template = load_template("input_sentences", config.prompt_dir or None, prompt_set_of(config))
     requests = [template.messages(explanation=item.description, n=config.input_sentences) for item in items]
     replies = ask_judge(backend, requests, [0] * len(requests), sentences_validator, progress)
     parsed = [parse_sentences(r.text) if r.ok else None for r in replies]

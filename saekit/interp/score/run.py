@@ -64,6 +64,7 @@ from saekit.config import config_to_dict, doc
 from saekit.data.cache import resolve_device
 from saekit.files import write_json_atomic
 from saekit.interp.explain.run import EXPLANATIONS_FILE, canonical_method, read_explanations, resolve_records, write_jsonl
+from saekit.interp.prompts import check_prompt_set
 from saekit.interp.records.format import KINDS, NEGATIVE_KINDS, LatentRecords, load_records
 from saekit.interp.score.examples import DEFAULT_EMBEDDING_MODEL, Item
 from saekit.interp.score.metrics import summarize
@@ -137,6 +138,7 @@ class ScoreConfig:
     llm: dict[str, Any] = doc("other LLMConfig fields, e.g. {\"base_url\": ..., \"cache_dir\": ...}",
                               default_factory=dict)
     prompt_dir: str = doc("folder of prompt templates ('' = saekit's own)", "")
+    prompt_set: str = doc("prompt templates: saekit (default) | paper (Gur-Arieh et al.'s, verbatim)", "saekit")
     seed: int = doc("seed of example samples, shuffles, distractors and generation", 0)
     n_boot: int = doc("bootstrap resamples of the 95-percent intervals in the summary", 1000)
     device: str = doc("auto | cpu | cuda", "auto")
@@ -164,6 +166,7 @@ class ScoreConfig:
             raise ValueError("ScoreConfig.kl_targets must be non-zero KLs and kl_window > 0")
         if not self.output_prompts:
             raise ValueError("ScoreConfig.output_prompts: give at least one prompt")
+        check_prompt_set(self.prompt_set, "ScoreConfig.prompt_set")
 
 
 def known_method(name: str) -> str:
