@@ -151,6 +151,12 @@ def test_resuming_with_other_settings_is_refused(dictionary_cache, tmp_path):
         train(small_config(cache, tmp_path / "run", n_tokens=512 * 4, batch_size=256), progress=False)
 
 
+def read_log(folder: Path, leave_out: tuple[str, ...] = ()) -> list[dict]:
+    """The lines of an SAE's training_log.jsonl, without the fields `leave_out`."""
+    lines = (json.loads(line) for line in (folder / "training_log.jsonl").read_text().splitlines())
+    return [{k: v for k, v in line.items() if k not in leave_out} for line in lines]
+
+
 def run_env() -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "PYTHONPATH": str(Path(__file__).parent.parent)}
 
@@ -165,11 +171,17 @@ def write_toml(path: Path, config: TrainConfig) -> Path:
     return path
 
 
+WALL_CLOCK = ("tokens_per_s",)  # log and metrics fields that measure time, not training
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("architecture", ["topk", "batchtopk"])
-def test_killed_training_resumes_to_the_same_weights(dictionary_cache, tmp_path, architecture):
+def test_killed_training_resumes_to_the_same_weights_and_log(dictionary_cache, tmp_path, architecture):
+    """Killed at a random moment after step 100 (checkpoints every 7 steps, log lines every 6: the
+    checkpoints 105, 112 and 119 fall inside log windows). tests/test_resume.py kills at chosen
+    points, for every architecture and every output file."""
     _, cache = dictionary_cache
-    common = dict(architecture=architecture, n_tokens=512 * 400, checkpoint_every=512 * 20, log_every=5,
+    common = dict(architecture=architecture, n_tokens=512 * 400, checkpoint_every=512 * 7, log_every=6,
                   dead_tokens=512 * 30)
     reference = write_toml(tmp_path / "ref.toml", small_config(cache, tmp_path / "ref", **common))
     killed = write_toml(tmp_path / "killed.toml", small_config(cache, tmp_path / "killed", **common))
@@ -192,11 +204,11 @@ def test_killed_training_resumes_to_the_same_weights(dictionary_cache, tmp_path,
     name = f"syn/{architecture}-512-k8-seed0"
     a, b = load_sae_dir(tmp_path / "ref" / name), load_sae_dir(tmp_path / "killed" / name)
     for key, value in a.state_dict().items():
-        assert torch.allclose(value, b.state_dict()[key], atol=1e-6), key
-    log_a = (tmp_path / "ref" / name / "training_log.jsonl").read_text().splitlines()
-    log_b = (tmp_path / "killed" / name / "training_log.jsonl").read_text().splitlines()
-    assert [json.loads(x)["step"] for x in log_a] == [json.loads(x)["step"] for x in log_b]
-    assert [json.loads(x)["fvu"] for x in log_a] == pytest.approx([json.loads(x)["fvu"] for x in log_b], abs=1e-6)
+        assert torch.equal(value, b.state_dict()[key]), key
+    log_a, log_b = (read_log(tmp_path / run / name, WALL_CLOCK) for run in ("ref", "killed"))
+    assert [line["step"] for line in log_a] == [line["step"] for line in log_b]
+    for line_a, line_b in zip(log_a, log_b):
+        assert line_a == line_b
 
 
 @pytest.mark.slow
@@ -216,4 +228,9 @@ def test_two_torchrun_ranks_match_the_single_process_run(dictionary_cache, tmp_p
     a, b = load_sae_dir(tmp_path / "single" / name), load_sae_dir(tmp_path / "multi" / name)
     for key, value in a.state_dict().items():
         assert torch.allclose(value, b.state_dict()[key], atol=2e-4, rtol=1e-4), (key, (value - b.state_dict()[key]).abs().max())
-    assert not torch.allclose(a.W_dec, load_sae_dir(tmp_path / "single" / name).W_dec * 0)
+    # the whole run matches, not only its end: the same log lines with the same losses at every step
+    log_single, log_multi = read_log(tmp_path / "single" / name), read_log(tmp_path / "multi" / name)
+    assert [(x["step"], x["tokens"]) for x in log_single] == [(x["step"], x["tokens"]) for x in log_multi]
+    for x, y in zip(log_single, log_multi):
+        for key in ("loss", "mse", "fvu", "l0", "lr"):
+            assert y[key] == pytest.approx(x[key], rel=1e-3, abs=1e-6), (x["step"], key)

@@ -6,8 +6,11 @@
                                                         store position, input scales
     out/checkpoints/latest.json                         the newest complete checkpoint
 
-A checkpoint folder is written under a temporary name and renamed; `latest.json` is replaced
-atomically after it, so a kill at any moment leaves the previous checkpoint usable.
+A readable checkpoint exists at every instant, so a kill at any moment leaves one to resume from:
+the new checkpoint is written under a temporary name and fsynced, renamed to a name no other
+checkpoint has (`step_00001200`, or `step_00001200.1`, .2, ... when step 1200 is written again, as
+re-running a finished run does), `latest.json` is then replaced atomically to name it, and only
+then are the old checkpoints deleted. `saekit.train.pause` can stop the writer between these steps.
 """
 
 from __future__ import annotations
@@ -22,30 +25,67 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from saekit.files import write_json_atomic
+from saekit.train import pause
 
 CHECKPOINT_DIR = "checkpoints"
 
 
 def save_checkpoint(out: Path, step: int, tensors: dict[str, torch.Tensor], state: dict[str, Any],
                     keep: int = 1) -> Path:
-    """Write checkpoint `step` and point latest.json at it; delete all but the newest `keep`."""
+    """Write checkpoint `step` and point latest.json at it; delete all but the newest `keep`.
+
+    Never deletes or overwrites the checkpoint latest.json names before latest.json names the new one.
+    """
     root = Path(out) / CHECKPOINT_DIR
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step_{step:08d}"
+    for stale in root.glob(".tmp_step_*"):  # left by a writer killed mid-way: never named by latest.json
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = root / f".tmp_step_{step:08d}_{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / "tensors.safetensors"))
     write_json_atomic(tmp / "state.json", state)
     with (tmp / "tensors.safetensors").open("rb") as f:
         os.fsync(f.fileno())
-    if final.exists():
-        shutil.rmtree(final)
+    pause.pause_point("checkpoint-written", step)
+    final = _unused_name(root, step)
     os.replace(tmp, final)
+    _fsync_dir(root)
+    pause.pause_point("checkpoint-swap", step)
     write_json_atomic(root / "latest.json", {"step": step, "path": final.name})
-    for old in sorted(root.glob("step_*"))[:-max(1, keep)]:
+    _fsync_dir(root)
+    pause.pause_point("checkpoint-pointer", step)
+    older = sorted((p for p in root.glob("step_*") if p != final and _order(p) is not None), key=_order)
+    for old in older[:max(0, len(older) - (max(1, keep) - 1))]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _order(folder: Path) -> tuple[int, int] | None:
+    """(step, rewrite) of a checkpoint folder `step_00001200[.N]`; None for any other name."""
+    base, _, rewrite = folder.name.removeprefix("step_").partition(".")
+    if not base.isdigit() or (rewrite and not rewrite.isdigit()):
+        return None
+    return int(base), int(rewrite or 0)
+
+
+def _unused_name(root: Path, step: int) -> Path:
+    """`step_{step}` when no checkpoint of this step exists, else `step_{step}.N` after the newest."""
+    taken = [o[1] for p in root.glob(f"step_{step:08d}*") if (o := _order(p)) is not None and o[0] == step]
+    return root / (f"step_{step:08d}" if not taken else f"step_{step:08d}.{max(taken) + 1}")
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename in `path` durable (a no-op where directories cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def load_latest_checkpoint(out: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:

@@ -36,15 +36,18 @@ from saekit.data.cache import resolve_device
 from saekit.files import write_json_atomic
 from saekit.sae import SAE, SAEConfig, build_sae, fired_mask, init_b_dec, save_sae
 from saekit.sae.weights import estimate_activation_scale, normalize_decoder_, remove_parallel_decoder_grad_
-from saekit.train import dist
+from saekit.train import dist, pause
 from saekit.train.checkpoint import (load_latest_checkpoint, optimizer_from_flat, optimizer_to_flat,
                                      restore_rng, rng_tensors, save_checkpoint)
 from saekit.train.config import TrainConfig, default_lr, sae_grid, sae_name
 from saekit.train.logging import RunLogger
 
-# Fields that may change between a run and its resumption (they do not change the result).
+# Fields that may change between a run and its resumption: they do not change the weights (device
+# and compile only to float tolerance). Not n_tokens: it sets the step count, hence the lr warm-up
+# clamp, the decay start and the sparsity ramp of the steps already taken. `out` is the run folder's
+# own path, not a setting: a moved folder resumes.
 _RESUMABLE_CHANGES = {"device", "log_every", "checkpoint_every", "keep_checkpoints", "wandb_project",
-                      "tensorboard", "compile", "n_tokens"}
+                      "tensorboard", "compile", "out"}
 _UNIT_NORM_DECODER = ("topk", "batchtopk", "jumprelu")
 _FVU_LOSS = ("topk", "batchtopk")  # losses divided by the batch's total variance; AuxK needs dead latents
 _METRICS = ("loss", "mse", "fvu", "l0", "l1", "aux_k")
@@ -80,12 +83,13 @@ def train(config: TrainConfig, progress: bool = True) -> list[Path]:
         [{"params": list(m.sae.parameters()), "lr": config.lr or default_lr(m.sae.cfg.d_sae)} for m in members],
         betas=tuple(config.betas), eps=1e-8, fused=_fused_adam_ok(params))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, config))
-    step, tokens = 0, 0
+    step, tokens, last_lines = 0, 0, {}
     if checkpoint is not None:
-        step, tokens = _restore(checkpoint, members, optimizer, scheduler, store, device)
+        step, tokens, last_lines = _restore(checkpoint, members, optimizer, scheduler, store, device)
     for m in members:
         m.forward = torch.compile(m.sae) if config.compile else m.sae
     logger = RunLogger(out, [m.name for m in members], step, config, enabled=rank == 0)
+    logger.last.update(last_lines)  # metrics.json of a run resumed at its last step still has them
 
     use_autocast = config.autocast and device.type == "cuda"
     bar = tqdm(total=config.n_steps * config.batch_size, initial=tokens, unit="tok", unit_scale=True,
@@ -119,14 +123,16 @@ def train(config: TrainConfig, progress: bool = True) -> list[Path]:
         window_tokens += config.batch_size
         bar.update(config.batch_size)
         if step % config.log_every == 0 or step == config.n_steps:
+            _average_sums(members)
             seconds = time.perf_counter() - window_start
             logger.log(step, tokens, optimizer, members, config, window_tokens / max(seconds, 1e-9))
             bar.set_postfix(fvu=f"{logger.last[members[0].name]['fvu']:.3f}",
                             l0=f"{logger.last[members[0].name]['l0']:.1f}")
             window_start, window_tokens = time.perf_counter(), 0
         if config.checkpoint_every and tokens >= next_checkpoint and step < config.n_steps:
-            _checkpoint(out, step, tokens, members, optimizer, scheduler, store, scales, config, rank)
+            _checkpoint(out, step, tokens, members, optimizer, scheduler, store, scales, config, rank, logger)
             next_checkpoint = _next_multiple(tokens, config.checkpoint_every)
+        pause.pause_point("step", step)
     bar.close()
     return _finish(out, step, tokens, members, optimizer, scheduler, store, scales, config, rank, logger)
 
@@ -146,7 +152,10 @@ def _setup(config: TrainConfig, out: Path, rank: int) -> tuple[ActivationStore, 
         now = config_to_dict(config)
         changed = sorted(k for k in now if k not in _RESUMABLE_CHANGES and before.get(k) != now[k])
         if changed:
-            raise ValueError(f"{saved}: this run was started with other settings ({', '.join(changed)}); "
+            values = "; ".join(f"TrainConfig.{k} was {before.get(k)!r}, now {now[k]!r}" for k in changed)
+            why = (" (n_tokens sets the number of steps, so the lr warm-up and decay and the sparsity ramp)"
+                   if "n_tokens" in changed else "")
+            raise ValueError(f"{saved}: this run was started with other settings ({values}){why}; "
                              f"use another --out or the original config to resume")
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
@@ -205,32 +214,41 @@ def _rebuild(config: TrainConfig, configs: list[SAEConfig], device: torch.device
 
 def _restore(checkpoint: tuple[dict[str, torch.Tensor], dict[str, Any]], members: list[Member],
              optimizer: torch.optim.Optimizer, scheduler: Any, store: ActivationStore,
-             device: torch.device) -> tuple[int, int]:
+             device: torch.device) -> tuple[int, int, dict[str, dict[str, float]]]:
+    """Everything as saved; (step, tokens, the last log line of each SAE)."""
     tensors, state = checkpoint
     for i, m in enumerate(members):
         m.sae.load_state_dict({k.split("/", 2)[2]: v for k, v in tensors.items() if k.startswith(f"sae/{i}/")})
         m.tokens_since_fired.copy_(tensors[f"fired/{i}"])
+        for key, value in m.sums.items():  # the open log window (absent from older checkpoints: zeros)
+            if f"sums/{i}/{key}" in tensors:
+                value.copy_(tensors[f"sums/{i}/{key}"])
     optimizer_from_flat(optimizer, {k: v.to(device) for k, v in tensors.items() if k.startswith("opt/")},
                         state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     store.load_state_dict(state["store"])
     restore_rng(tensors)
-    return int(state["step"]), int(state["tokens"])
+    return int(state["step"]), int(state["tokens"]), state.get("last_log", {})
 
 
 def _checkpoint(out: Path, step: int, tokens: int, members: list[Member], optimizer: torch.optim.Optimizer,
                 scheduler: Any, store: ActivationStore, scales: dict[str, float], config: TrainConfig,
-                rank: int) -> None:
+                rank: int, logger: RunLogger) -> None:
+    """Everything the rest of the run depends on, including the log window's running sums and the
+    last log lines (for metrics.json), so a resumed run writes what an uninterrupted one does."""
+    _average_sums(members)  # every rank resumes with rank 0's sums: make them the global ones first
     if rank == 0:
         tensors: dict[str, torch.Tensor] = {}
         for i, m in enumerate(members):
             tensors.update({f"sae/{i}/{k}": v for k, v in m.sae.state_dict().items()})
             tensors[f"fired/{i}"] = m.tokens_since_fired
+            tensors.update({f"sums/{i}/{k}": v for k, v in m.sums.items()})
         opt_tensors, opt_meta = optimizer_to_flat(optimizer)
         tensors.update(opt_tensors)
         tensors.update(rng_tensors())
         state = {"step": step, "tokens": tokens, "scales": scales, "members": [m.name for m in members],
-                 "optimizer": opt_meta, "scheduler": scheduler.state_dict(), "store": store.state_dict()}
+                 "optimizer": opt_meta, "scheduler": scheduler.state_dict(), "store": store.state_dict(),
+                 "last_log": logger.last}
         save_checkpoint(out, step, tensors, state, keep=config.keep_checkpoints)
     dist.barrier()
 
@@ -249,25 +267,43 @@ def _member_step(m: Member, x: torch.Tensor, scale: float, step: int, config: Tr
         ramp = min(1.0, (step + 1) / max(1.0, config.sparsity_warmup_fraction * config.n_steps))
         penalty = cfg.l1_coef * output.l1 if cfg.architecture == "relu" else cfg.l0_coef * output.l0
         loss = loss - (1.0 - ramp) * penalty
-    if world > 1 and cfg.architecture in _FVU_LOSS:
-        # TopK/BatchTopK losses are divided by the batch's total variance: use the global batch's.
+    share = None  # world x this rank's share of the global batch's total variance
+    if world > 1:
         local = (x - x.mean(dim=0)).pow(2).sum().detach()
-        loss = loss * (local / dist.global_total_variance(x.detach()).clamp_min(1e-30)) * world
+        share = (local / dist.global_total_variance(x.detach()).clamp_min(1e-30)) * world
+    if share is not None and cfg.architecture in _FVU_LOSS:
+        # TopK/BatchTopK losses are divided by the batch's total variance: use the global batch's.
+        loss = loss * share
     loss.backward()
     fired = dist.any_across_ranks(fired_mask(output, cfg.d_sae))
     m.tokens_since_fired += config.batch_size
     m.tokens_since_fired[fired] = 0
     with torch.no_grad():
+        normalised = ("fvu", "loss", "aux_k") if cfg.architecture in _FVU_LOSS else ("fvu",)
         for name in _METRICS:
-            m.sums[name] += getattr(output, name).detach().double()
+            value = getattr(output, name).detach().double()
+            # divided by this rank's total variance: weighted, so the mean over ranks is the global one
+            m.sums[name] += value * share if share is not None and name in normalised else value
         m.sums["n"] += 1
+
+
+def _average_sums(members: list[Member]) -> None:
+    """Average the log sums over ranks (in place), so that a log line describes the global batch:
+    per-token means average exactly; terms divided by the total variance were weighted by `share`."""
+    if not dist.is_distributed():
+        return
+    for m in members:
+        packed = torch.stack(list(m.sums.values()))
+        dist.average_buffer_(packed)
+        for value, averaged in zip(m.sums.values(), packed):
+            value.copy_(averaged)
 
 
 def _finish(out: Path, step: int, tokens: int, members: list[Member], optimizer: torch.optim.Optimizer,
             scheduler: Any, store: ActivationStore, scales: dict[str, float], config: TrainConfig, rank: int,
             logger: "RunLogger") -> list[Path]:
     """Final checkpoint; each SAE saved (input scale folded in) with metrics.json."""
-    _checkpoint(out, step, tokens, members, optimizer, scheduler, store, scales, config, rank)
+    _checkpoint(out, step, tokens, members, optimizer, scheduler, store, scales, config, rank, logger)
     folders = []
     for m in members:
         folder = out / m.name
