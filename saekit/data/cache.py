@@ -27,8 +27,10 @@ from saekit.data.shards import (DTYPES, FORMAT, FORMAT_VERSION, MANIFEST, CacheE
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
 # Manifest fields that must agree for a run to resume into an existing cache.
-_IDENTITY_FIELDS = ("model", "hooks", "dtype", "compute_dtype", "ctx_len", "contexts_per_shard", "n_contexts_requested",
-                    "dataset", "prepend_bos")
+# model_processing comes before model (whose info also lists it) so a refusal names it; a manifest
+# written before it was recorded holds an unprocessed model.
+_IDENTITY_FIELDS = ("model_processing", "model", "hooks", "dtype", "compute_dtype", "ctx_len", "contexts_per_shard",
+                    "n_contexts_requested", "dataset", "prepend_bos")
 
 
 @dataclass
@@ -41,6 +43,9 @@ class CacheConfig:
     tl_name: str = doc("with a .gguf model: its TransformerLens name ('' = from the file's metadata)", "")
     init: str = doc("weights: trained | random | random-keep-embeddings | step0 | gaussian-embeddings",
                     "trained")
+    model_processing: str = doc("TransformerLens weight processing applied after loading: none | from_pretrained "
+                                "| a comma list of fold_ln, center_writing_weights, center_unembed, "
+                                "fold_value_biases, refactor_factored_attn_matrices (see docs/models.md)", "none")
     model_seed: int = doc("seed of the re-drawn weights (random variants) or the Gaussian noise", 0)
     dataset: str = doc("'stdlib-docstrings' (offline corpus), a local path, or a HF dataset name[:config]",
                        "stdlib-docstrings")
@@ -123,8 +128,9 @@ def _check_resume(out: Path, manifest: dict[str, Any]) -> dict[str, Any] | None:
         return None
     existing = read_manifest(out)
     for name in _IDENTITY_FIELDS:
-        if existing.get(name) != manifest.get(name):
-            raise CacheError(f"{out / MANIFEST}: this cache was made with {name}={existing.get(name)!r}, "
+        made_with = existing.get(name, [] if name == "model_processing" else None)
+        if made_with != manifest.get(name):
+            raise CacheError(f"{out / MANIFEST}: this cache was made with {name}={made_with!r}, "
                              f"the command asks for {name}={manifest.get(name)!r}; nothing was changed: "
                              f"use another --out, or the original settings to resume")
     return existing
@@ -169,6 +175,7 @@ def write_cache(
     manifest: dict[str, Any] = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "saekit_version": saekit.__version__,
         "model": getattr(model, "saekit_info", {"name": model.cfg.model_name}),
+        "model_processing": list(getattr(model, "saekit_info", {}).get("processing", [])),
         "hooks": dims, "dtype": dtype, "compute_dtype": compute_dtype, "ctx_len": ctx_len, "prepend_bos": prepend_bos,
         "contexts_per_shard": contexts_per_shard, "n_contexts_requested": n_contexts,
         "dataset": dataset_info or {}, **(extra or {}),
@@ -337,7 +344,7 @@ def cache_activations(config: CacheConfig, progress: bool = True) -> dict[str, A
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     model = load_model(_model_source(config.model), init=config.init, seed=config.model_seed, device=device,
-                       tl_name=config.tl_name or None)
+                       tl_name=config.tl_name or None, processing=config.model_processing)
     tokenizer = model.tokenizer
     if tokenizer is None:
         raise CacheError(f"model {config.model!r} has no tokenizer; cannot tokenize dataset {config.dataset!r}")

@@ -50,6 +50,7 @@ from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from saekit.files import file_sha256
 from saekit.models.gguf import HF_TOKENIZER_DIR, PACKAGED_MODELS, gguf_model_dir, is_gguf_source
+from saekit.models.processing import process_model, processing_flags
 from saekit.models.tokenizer import raw_tokenizer, read_tokenizer
 
 INIT_VARIANTS = ("trained", "random", "random-keep-embeddings", "step0", "gaussian-embeddings")
@@ -322,6 +323,7 @@ def load_model(
     device: str = "cpu",
     dtype: torch.dtype = torch.float32,
     tl_name: str | None = None,
+    processing: Any = None,
 ) -> HookedTransformer:
     """Load `source` as variant `init` (one of `INIT_VARIANTS`; see the module's table).
 
@@ -329,11 +331,14 @@ def load_model(
     `"saekit-tiny-lm"`, `"gemma-3-270m"` (the packaged GGUF) or a `.gguf` file (`tl_name` names its
     TransformerLens model when the file's metadata does not; see `saekit.models.gguf`).
     `seed` seeds the re-drawn weights of `random*` and the noise of `gaussian-embeddings`; it does
-    nothing for `trained`/`step0`. `device`/`dtype` override any in a config. The model comes in
+    nothing for `trained`/`step0`. `device`/`dtype` override any in a config. `processing`: the
+    TransformerLens weight processing to apply to the variant (a spec of `saekit.models.processing`,
+    e.g. ("center_writing_weights",); None = none), recorded as `saekit_info["processing"]`. The model comes in
     eval mode, with `model.tokenizer` when there is one, and `model.saekit_info` (a JSON-safe dict
     naming what was loaded, for activation-cache manifests).
     """
     _check_init(init)
+    flags = processing_flags(processing, "load_model(processing=)")
     if isinstance(source, str) and source == TINY_LM_NAME:
         from saekit.models.tiny import ensure_tiny_lm
 
@@ -370,6 +375,9 @@ def load_model(
         del trained
     else:
         model = trained
+    if flags:  # before the noise hook: processing rebuilds the LayerNorms, never model.embed
+        process_model(model, flags)
+        info["processing"] = list(flags)  # absent when unprocessed: old manifests stay identical
     if init == "gaussian-embeddings":
         add_gaussian_embedding_noise(model, seed)
         info["embedding_noise"] = {"std": GAUSSIAN_EMBEDDING_STD, "seed": seed,

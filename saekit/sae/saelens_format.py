@@ -54,8 +54,10 @@ REFUSED_ARCHITECTURES = {
 }
 _TENSORS = {"relu": ("W_enc", "b_enc", "W_dec", "b_dec"), "topk": ("W_enc", "b_enc", "W_dec", "b_dec"),
             "jumprelu": ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"), "gated": GATED_TENSORS}
-# TransformerLens loading flags that make activations differ from from_pretrained_no_processing's.
-_PROCESSING_FLAGS = ("center_writing_weights", "fold_ln", "center_unembed", "fold_value_biases")
+# TransformerLens loading flags that make activations differ from from_pretrained_no_processing's, in
+# the order TransformerLens applies them (a model-processing spec is a tuple of these; saekit.models.processing).
+PROCESSING_FLAGS = ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases",
+                    "refactor_factored_attn_matrices")
 
 
 def convert_saelens(raw: dict[str, Any], tensors: dict[str, Tensor], source: str = "sae_lens cfg",
@@ -134,15 +136,49 @@ def _dtype_name(dtype: Any, source: str) -> str:
     return name
 
 
+def model_processing_of(raw: dict[str, Any]) -> tuple[str, ...]:
+    """The TransformerLens processing flags a SAELens config says its model was loaded with: the true
+    entries of `metadata.model_from_pretrained_kwargs` (or the older top-level key) that are
+    `PROCESSING_FLAGS`, in that order. sae-lens loads with `from_pretrained_no_processing(**kwargs)`,
+    so a flag the kwargs do not name is off; () when the config says nothing."""
+    metadata = raw.get("metadata") if hasattr(raw.get("metadata"), "get") else {}
+    kwargs = metadata.get("model_from_pretrained_kwargs") or raw.get("model_from_pretrained_kwargs") or {}
+    return tuple(flag for flag in PROCESSING_FLAGS if hasattr(kwargs, "get") and kwargs.get(flag) is True)
+
+
+def sae_model_processing(source: str, sae: Any = None) -> tuple[str, ...]:
+    """The processing flags of the model the SAE at `source` was trained on: what `from_saelens_sae`
+    read from the SAE's metadata (`sae.model_processing`, registry overrides included), else a
+    folder's cfg.json, else for a registry id RELEASE/SAE_ID the registry's `config_overrides` (how
+    pretrained_saes.yaml marks gpt2-small-res-jb and the other centred GPT-2 releases). () otherwise
+    (saekit's and sparsify's SAEs read unprocessed models)."""
+    if getattr(sae, "model_processing", None) is not None:
+        return tuple(sae.model_processing)
+    from saekit.sae.formats import parse_source
+
+    kind, location, _ = parse_source(str(source))
+    if kind == "dir" and (Path(location) / CFG_FILENAME).is_file():
+        raw = json.loads((Path(location) / CFG_FILENAME).read_text())
+        return model_processing_of(raw) if isinstance(raw, dict) else ()
+    if kind == "saelens":
+        from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+        release = get_pretrained_saes_directory().get(location.split("/", 1)[0])
+        overrides = getattr(release, "config_overrides", None) or {}
+        return model_processing_of({"metadata": {"model_from_pretrained_kwargs":
+                                                 overrides.get("model_from_pretrained_kwargs") or {}}})
+    return ()
+
+
 def _warn_about_hook_conventions(raw: dict[str, Any], source: str) -> None:
     """Warn where the activations the SAE reads are not what saekit hands it by default."""
-    metadata = raw.get("metadata") or {}
-    kwargs = (metadata.get("model_from_pretrained_kwargs") if hasattr(metadata, "get") else None) or {}
-    processing = {k: v for k, v in kwargs.items() if k in _PROCESSING_FLAGS and v}
+    processing = model_processing_of(raw)
     if processing:
-        warnings.warn(f"{source}: this SAE was trained on a TransformerLens model loaded with {processing}; "
-                      "saekit loads models with from_pretrained_no_processing, whose activations at the same "
-                      "hook differ (center_writing_weights removes each token's mean over d_model)", stacklevel=3)
+        warnings.warn(f"{source}: this SAE was trained on a TransformerLens model loaded with {list(processing)}; "
+                      "caches saekit makes for it (score --published, collect's live mode: model_processing "
+                      "'auto') load the model the same way, but a cache of an unprocessed model holds other "
+                      "activations at this hook (center_writing_weights removes each token's mean over d_model)",
+                      stacklevel=3)
     if raw.get("reshape_activations", "none") == "hook_z":
         warnings.warn(f"{source}: a hook_z SAE reads [..., n_heads * d_head]: flatten the heads of "
                       f"{hook_name_of(raw)!r} before encode", stacklevel=3)
@@ -196,7 +232,9 @@ def from_saelens_sae(sae: Any, device: str | torch.device = "cpu", source: str |
         sae.process_state_dict_for_saving(state)
         raw = sae.cfg.to_dict()
     cfg, tensors = convert_saelens(raw, state, source=source, norm_scaling_factor=norm_scaling_factor)
-    return sae_from_tensors(cfg, tensors, device, Path(source), Path(source))
+    ours = sae_from_tensors(cfg, tensors, device, Path(source), Path(source))
+    ours.model_processing = model_processing_of(raw)  # sae_model_processing reads it (registry overrides in)
+    return ours
 
 
 def saelens_releases() -> set[str]:

@@ -1,7 +1,9 @@
 """A local `transformers` causal LM as an LLM backend (a chat model on a GPU box).
 
 The model and tokenizer load with `AutoModelForCausalLM` / `AutoTokenizer` from `config.model`: a
-local folder, or a hub name on a machine that can reach the hub. Messages are rendered with the
+local folder, or a hub name on a machine that can reach the hub. A saekit model (`gemma-3-270m`, a
+.gguf file, a saekit model folder of Gemma 3) is built from its converted TransformerLens weights
+instead (`saekit.models.hf.hf_causal_lm`, offline, a few seconds). Messages are rendered with the
 tokenizer's chat template when it has one (`add_generation_prompt=True`), else as "role: content"
 lines ending in "assistant:". Concurrent `chat()` calls are gathered into left-padded batches of up
 to `batch_size` prompts with the same sampling parameters, and each batch's `generate()` runs in a
@@ -65,16 +67,21 @@ class TransformersBackend(Backend):
         import transformers
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from saekit.models.hf import hf_causal_lm, saekit_model_folder
+
         self.device = ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
         dtype = _torch_dtype(config.dtype, self.device)
-        self.tokenizer = AutoTokenizer.from_pretrained(config.model)
+        if saekit_model_folder(config.model) is not None:  # gemma-3-270m, a .gguf, a saekit folder
+            self.model, self.tokenizer = hf_causal_lm(config.model, dtype)
+        else:
+            major, minor = (int(part) for part in transformers.__version__.split(".")[:2])
+            dtype_kwarg = "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
+            self.tokenizer = AutoTokenizer.from_pretrained(config.model)
+            self.model = AutoModelForCausalLM.from_pretrained(config.model, **{dtype_kwarg: dtype})
         self.tokenizer.padding_side = "left"
         self.tokenizer.truncation_side = "left"
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        major, minor = (int(part) for part in transformers.__version__.split(".")[:2])
-        dtype_kwarg = "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
-        self.model = AutoModelForCausalLM.from_pretrained(config.model, **{dtype_kwarg: dtype})
         self.model.to(self.device).eval()
         self.has_chat_template = bool(getattr(self.tokenizer, "chat_template", None))
         self._pending: list[_Pending] = []
