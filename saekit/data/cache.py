@@ -25,12 +25,10 @@ from saekit.data.shards import (DTYPES, FORMAT, FORMAT_VERSION, MANIFEST, CacheE
                                 done_path, file_sha256, read_manifest, save_shard, shard_path,
                                 write_json_atomic)
 
+from saekit.data.provenance import IDENTITY_FIELDS as _IDENTITY_FIELDS
+from saekit.data.provenance import dataset_revisions, hub_dataset_texts, hub_model_revision, shards_sha256
+
 COMPUTE_DTYPES = ("float32", "bfloat16")
-# Manifest fields that must agree for a run to resume into an existing cache.
-# model_processing comes before model (whose info also lists it) so a refusal names it; a manifest
-# written before it was recorded holds an unprocessed model.
-_IDENTITY_FIELDS = ("model_processing", "model", "hooks", "dtype", "compute_dtype", "ctx_len", "contexts_per_shard",
-                    "n_contexts_requested", "dataset", "prepend_bos")
 
 
 @dataclass
@@ -242,7 +240,7 @@ def write_cache(
     if rank == 0:
         n_total = sum(last_shard_size.values())
         manifest.update(complete=True, n_contexts=n_total, n_tokens=n_total * ctx_len, n_shards=shard_index,
-                        finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+                        shards_sha256=shards_sha256(out, shard_index), finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
         if n_total < n_contexts:
             manifest["note"] = f"the dataset ran out after {n_total} of {n_contexts} requested contexts"
         write_json_atomic(out / MANIFEST, manifest)
@@ -294,6 +292,7 @@ def write_array_cache(out: str | Path, acts: dict[str, torch.Tensor], contexts_p
         "ctx_len": ctx_len, "prepend_bos": prepend_bos, "contexts_per_shard": contexts_per_shard,
         "n_contexts_requested": n_contexts, "dataset": {"source": "arrays"}, "complete": True,
         "n_contexts": n_contexts, "n_tokens": n_contexts * ctx_len, "n_shards": n_shards,
+        "shards_sha256": shards_sha256(out, n_shards),
     }
     write_json_atomic(out / MANIFEST, manifest)
     return manifest
@@ -343,6 +342,9 @@ def cache_activations(config: CacheConfig, progress: bool = True) -> dict[str, A
         torch.distributed.init_process_group(backend)
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    if "@" in config.model and not Path(config.model).expanduser().exists():
+        raise CacheError(f"CacheConfig.model {config.model!r}: loading a hub model at a revision is not "
+                         f"supported; the commit of the hub model in the local HF cache is recorded instead")
     model = load_model(_model_source(config.model), init=config.init, seed=config.model_seed, device=device,
                        tl_name=config.tl_name or None, processing=config.model_processing)
     tokenizer = model.tokenizer
@@ -359,12 +361,16 @@ def cache_activations(config: CacheConfig, progress: bool = True) -> dict[str, A
     def encode(texts: list[str]) -> list[list[int]]:
         return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
-    texts = iter_texts(config.dataset, split=config.split, text_field=config.text_field)
+    if (revision := hub_model_revision(getattr(model, "saekit_info", {}))) is not None:
+        model.saekit_info["revision"] = revision
+    revisions = dataset_revisions(config.dataset)  # {} for local datasets: their bytes are hashed
+    texts = hub_dataset_texts(config.dataset, config.split, config.text_field) if revisions.get("revision") \
+        else iter_texts(config.dataset, split=config.split, text_field=config.text_field)
     contexts = pack_contexts(tokenize_texts(texts, encode), ctx_len, tokenizer.bos_token_id, sep,
                              prepend_bos=prepend_bos, max_contexts=n_contexts)
     dataset_info = {"source": config.dataset, "split": config.split, "text_field": config.text_field,
                     "fingerprint": source_fingerprint(config.dataset, config.split, config.text_field),
-                    "tokenizer": getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__}
+                    "tokenizer": getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__, **revisions}
     return write_cache(model, batched_contexts(contexts, config.batch_size), config.out, config.hooks,
                        n_contexts, contexts_per_shard, config.dtype, config.batch_size, dataset_info,
                        prepend_bos, extra={"config": config_to_dict(config) | {"out": None, "device": None}},

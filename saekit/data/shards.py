@@ -81,10 +81,15 @@ def save_shard(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str,
     from safetensors.torch import save_file
 
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    with tmp.open("rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        with tmp.open("rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:  # disk full, say: no partial file left, the error names the shard
+        tmp.unlink(missing_ok=True)
+        raise OSError(e.errno, f"cannot write shard ({e.strerror or e}); the shards already written are "
+                               f"intact: free space and run the same command again", str(path)) from e
     return path.stat().st_size
 
 
@@ -106,7 +111,10 @@ def _read_header(path: Path) -> tuple[dict[str, Any], int]:
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise CacheError(f"{path}: corrupt shard header (not JSON)") from None
     data_start = 8 + n
-    end = max((info["data_offsets"][1] for k, info in header.items() if k != "__metadata__"), default=0)
+    try:
+        end = max((int(info["data_offsets"][1]) for k, info in header.items() if k != "__metadata__"), default=0)
+    except (AttributeError, KeyError, TypeError, IndexError, ValueError):
+        raise CacheError(f"{path}: corrupt shard header (not a safetensors tensor table)") from None
     if data_start + end != size:
         raise CacheError(f"{path}: truncated or corrupt shard: the header describes "
                          f"{data_start + end} bytes, the file has {size}")
@@ -237,6 +245,7 @@ def verify_cache(cache_dir: str | Path, checksums: bool = False, expected_d_in: 
         if checksums and file_sha256(path) != record["sha256"]:
             raise CacheError(f"{path}: checksum mismatch: the shard is corrupt")
         n_total += shard.n_contexts
+    check_manifest_matches_shards(cache_dir, manifest)
     if n_total != manifest["n_contexts"]:
         raise CacheError(f"{cache_dir / MANIFEST}: manifest says {manifest['n_contexts']} contexts, "
                          f"the shards hold {n_total}")
@@ -252,3 +261,16 @@ def check_hooks(manifest: dict[str, Any], expected_d_in: dict[str, int], cache_d
         if manifest["hooks"][hook] != d_in:
             raise CacheError(f"{Path(cache_dir) / MANIFEST}: hook {hook!r} has d_in "
                              f"{manifest['hooks'][hook]}, expected {d_in}")
+
+
+def check_manifest_matches_shards(cache_dir: str | Path, manifest: dict[str, Any]) -> None:
+    """CacheError when the manifest records shard checksums (`shards_sha256`) other than the shards'
+    done-records hold: a manifest copied from another cache. Reads the done-records only."""
+    recorded = manifest.get("shards_sha256")
+    if recorded is None or not manifest.get("complete"):
+        return
+    from saekit.data.provenance import shards_sha256
+
+    if shards_sha256(cache_dir, manifest["n_shards"]) != recorded:
+        raise CacheError(f"{Path(cache_dir) / MANIFEST}: the manifest does not belong to these shards (its "
+                         f"shards_sha256 differs from their done-records'): copied from another cache?")

@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from saekit.data.shards import CacheError, check_hooks, open_shard, read_manifest, shard_path
+from saekit.data.shards import (CacheError, check_hooks, check_manifest_matches_shards, open_shard, read_manifest,
+                                shard_path)
 
 
 class ActivationStore:
@@ -56,6 +57,7 @@ class ActivationStore:
         if not self.manifest.get("complete"):
             raise CacheError(f"{self.cache_dir / 'manifest.json'}: the cache is incomplete; run the same "
                              f"`saekit cache` command again to finish it")
+        check_manifest_matches_shards(self.cache_dir, self.manifest)
         self.hooks: list[str] = [hook] if isinstance(hook, str) else list(hook)
         self._single = isinstance(hook, str)
         if not self.hooks:
@@ -179,11 +181,18 @@ class ActivationStore:
             if self.prefetch and upcoming is not None:
                 prefetched = {"spans": upcoming[0]}
                 target = prefetched
-                prefetched["thread"] = threading.Thread(
-                    target=lambda: target.update(data=self._load(target["spans"])), daemon=True)
+                prefetched["thread"] = threading.Thread(target=self._prefetch, args=(target,), daemon=True)
                 prefetched["thread"].start()
             for rows in batches[first:]:
                 yield self._gather(loaded, rows, pinned)
+
+    def _prefetch(self, target: dict[str, Any]) -> None:
+        """Read the next buffer in the background; on an error (a corrupt shard) leave it to the main
+        thread, which reads that buffer again and raises the error where it can be caught."""
+        try:
+            target.update(data=self._load(target["spans"]))
+        except Exception:
+            pass
 
     def _gather(self, loaded: dict[int, dict[str, torch.Tensor]], rows: np.ndarray,
                 pinned: bool) -> torch.Tensor | dict[str, torch.Tensor]:

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from saekit.config import config_to_dict, doc
 from saekit.data import ActivationStore, CacheConfig, CacheError, cache_activations, open_shard, read_manifest
 from saekit.data.cache import hook_dims, resolve_device
+from saekit.data.provenance import check_same_model, manifest_digest
 from saekit.data.shards import shard_path
 from saekit.files import write_json_atomic
 from saekit.eval.metrics import ReconstructionStats, log10_frequency_histogram
@@ -56,6 +57,8 @@ class EvalConfig:
     batch_size: int = doc("tokens per batch of the reconstruction pass", 4096)
     device: str = doc("auto | cpu | cuda", "auto")
     write: bool = doc("write eval.json and the histogram next to the SAE", True)
+    allow_other_cache: bool = doc("evaluate on a cache of another model than the SAE was trained on "
+                                  "(its cfg.json records the training cache)", False)
 
 
 def _model_for(manifest: dict[str, Any], config: EvalConfig, device: torch.device) -> Any:
@@ -64,8 +67,14 @@ def _model_for(manifest: dict[str, Any], config: EvalConfig, device: torch.devic
     return reload_model(manifest.get("model", {}), config.model, config.init, str(device))
 
 
-def check_sae_against_cache(sae: SAE, manifest: dict[str, Any], cache: str | Path) -> str:
-    """The hook point to evaluate; CacheError naming both sides when SAE and cache disagree."""
+def check_sae_against_cache(sae: SAE, manifest: dict[str, Any], cache: str | Path, check_model: bool = False) -> str:
+    """The hook point to evaluate; CacheError naming both sides when SAE and cache disagree.
+
+    check_model: also refuse a cache of another model (or weight processing) than the cache the SAE
+    recorded training on (`sae.provenance`; SAEs without it pass). Another cache of the same model
+    and hook point (held-out data) is fine: eval.json records both digests."""
+    if check_model:
+        check_same_model(getattr(sae, "provenance", None), manifest, cache, str(sae.cfg.hook_name))
     hook = sae.cfg.hook_name
     hooks = manifest["hooks"]
     if hook not in hooks:
@@ -91,7 +100,7 @@ def evaluate(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
     sae = load_sae(config.sae, device=device).eval()
     cache = config.cache or _live_cache(config, sae)
     manifest = read_manifest(cache)
-    hook = check_sae_against_cache(sae, manifest, cache)
+    hook = check_sae_against_cache(sae, manifest, cache, check_model=not config.allow_other_cache)
     ctx_len, total = manifest["ctx_len"], manifest["n_contexts"]
     n_contexts = min(total, max(1, -(-config.n_tokens // ctx_len)))
     first = total - n_contexts if config.first_context < 0 else config.first_context
@@ -125,6 +134,8 @@ def evaluate(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
     result.update({
         "cache": str(cache), "context_range": list(context_range), "dataset": manifest.get("dataset", {}),
         "model": manifest.get("model", {}), "seconds": round(time.time() - started, 2),
+        "cache_digest": manifest_digest(manifest),
+        "sae_cache_digest": (getattr(sae, "provenance", None) or {}).get("cache_digest"),
         "frequency_histogram": log10_frequency_histogram(stats.frequency()),
         "latent_frequency": stats.frequency().tolist(),  # [d_sae], read by saekit match
         "config": config_to_dict(config),

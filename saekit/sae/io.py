@@ -37,10 +37,12 @@ SAELENS_ARCHITECTURE = {"relu": "standard", "topk": "topk", "batchtopk": "jumpre
 FROM_SAELENS = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu", "gated": "gated"}
 
 
-def save_sae(sae: SAE, path: str | Path) -> Path:
+def save_sae(sae: SAE, path: str | Path, provenance: dict[str, Any] | None = None) -> Path:
     """Write sae to the folder `path` (created if needed), normalization folded in; returns the folder.
 
-    The SAE itself is not modified, so a trainer can save checkpoints and go on training.
+    The SAE itself is not modified, so a trainer can save checkpoints and go on training. `provenance`
+    (what it was trained on: the trainer gives the cache's digest and model) goes to cfg.json as
+    `saekit.provenance`; `load_sae_dir` gives it back as `sae.provenance`.
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -49,7 +51,10 @@ def save_sae(sae: SAE, path: str | Path) -> Path:
         tensors = folded_tensors(tensors, cfg.activation_scale)
         cfg = folded_config(cfg, cfg.activation_scale)
     save_file({name: t.detach().cpu().contiguous() for name, t in tensors.items()}, str(path / WEIGHTS_FILENAME))
-    (path / CFG_FILENAME).write_text(json.dumps(_cfg_json(cfg), indent=2) + "\n")
+    raw = _cfg_json(cfg)
+    if provenance is not None:
+        raw["saekit"]["provenance"] = provenance
+    (path / CFG_FILENAME).write_text(json.dumps(raw, indent=2) + "\n")
     return path
 
 
@@ -100,15 +105,20 @@ def sae_from_cfg_json(raw: dict[str, Any], tensors: dict[str, torch.Tensor], dev
     version = raw.get("format_version", FORMAT_VERSION)
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise ValueError(f"{cfg_path}: format_version {version!r} is newer than this saekit reads ({FORMAT_VERSION})")
+    provenance = None
     if "saekit" in raw:
-        cfg = build_config(SAEConfig, raw["saekit"], source=f"{cfg_path} (saekit)")
+        section = dict(raw["saekit"])
+        provenance = section.pop("provenance", None)
+        cfg = build_config(SAEConfig, section, source=f"{cfg_path} (saekit)")
         for name in ("d_in", "d_sae"):
             if name in raw and raw[name] != getattr(cfg, name):
                 raise ValueError(f"{cfg_path}: {name} is {raw[name]} at the top level but "
                                  f"{getattr(cfg, name)} under 'saekit'")
     else:
         cfg, tensors = _from_saelens(raw, tensors, cfg_path)
-    return sae_from_tensors(cfg, tensors, device, cfg_path, weights_path)
+    sae = sae_from_tensors(cfg, tensors, device, cfg_path, weights_path)
+    sae.provenance = provenance  # the training cache's digest and model (None: not trained by saekit)
+    return sae
 
 
 def sae_from_tensors(cfg: SAEConfig, tensors: dict[str, torch.Tensor], device: str | torch.device = "cpu",

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from saekit.config import config_to_dict
 from saekit.data import ActivationStore, CacheError, read_manifest
 from saekit.data.cache import resolve_device
+from saekit.data.provenance import check_resume_cache, manifest_digest, training_provenance
 from saekit.files import write_json_atomic
 from saekit.sae import SAE, SAEConfig, build_sae, fired_mask, init_b_dec, save_sae
 from saekit.sae.weights import estimate_activation_scale, normalize_decoder_, remove_parallel_decoder_grad_
@@ -76,6 +77,8 @@ def train(config: TrainConfig, progress: bool = True) -> list[Path]:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     checkpoint = load_latest_checkpoint(out)
+    if checkpoint is not None:  # refuse a cache regenerated or replaced since the checkpoint
+        check_resume_cache(checkpoint[1], store.manifest, config.cache, str(out / "checkpoints"))
     members, scales = _initialise(config, configs, device, store.context_range) if checkpoint is None else \
         _rebuild(config, configs, device, checkpoint[1])
     params = [p for m in members for p in m.sae.parameters()]
@@ -248,7 +251,7 @@ def _checkpoint(out: Path, step: int, tokens: int, members: list[Member], optimi
         tensors.update(rng_tensors())
         state = {"step": step, "tokens": tokens, "scales": scales, "members": [m.name for m in members],
                  "optimizer": opt_meta, "scheduler": scheduler.state_dict(), "store": store.state_dict(),
-                 "last_log": logger.last}
+                 "last_log": logger.last, "cache_digest": manifest_digest(store.manifest)}
         save_checkpoint(out, step, tensors, state, keep=config.keep_checkpoints)
     dist.barrier()
 
@@ -309,7 +312,7 @@ def _finish(out: Path, step: int, tokens: int, members: list[Member], optimizer:
         folder = out / m.name
         if rank == 0:
             sae = copy.deepcopy(m.sae).cpu()
-            save_sae(sae, folder)
+            save_sae(sae, folder, provenance=training_provenance(store.manifest, config.cache))
             dead = m.tokens_since_fired >= min(config.dead_tokens, tokens)
             metrics = {**logger.last.get(m.name, {}), "tokens": tokens, "steps": step,
                        "dead_fraction": float(dead.float().mean()), "activation_scale": scales[m.sae.cfg.hook_name]}
