@@ -250,7 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=_cmd_eval)
 
     match = verbs.add_parser("match", help="match the latents of SAEs trained with different seeds (shared fraction)")
-    match.add_argument("sae_dirs", nargs="*", help="SAE folders; the first is the reference (or --saes / config)")
+    match.add_argument("sae_dirs", nargs="*", help="SAEs (saekit/SAELens/sparsify folders or ids load_sae reads); "
+                                                   "the first is the reference (or --saes / config)")
     match.add_argument("--config", help="a TOML/YAML config file (fields of MatchConfig)")
     add_config_args(match, MatchConfig)
     match.set_defaults(func=_cmd_match)

@@ -208,13 +208,54 @@ def test_jumprelu_is_zero_at_or_below_the_threshold_and_identity_above():
     assert torch.allclose(latents[above], pre[above])
 
 
-def test_jumprelu_straight_through_estimator_gives_the_threshold_a_gradient():
-    sae = make_sae("jumprelu", jumprelu_bandwidth=0.2)
-    out = sae(activations(64))
-    grad = torch.autograd.grad(out.l0, sae.log_threshold, retain_graph=True)[0]
-    assert (grad < 0).any()  # raising a threshold lowers L0
-    assert (grad <= 0).all()
-    assert torch.autograd.grad(out.loss, sae.log_threshold)[0].abs().sum() > 0
+def identity_jumprelu(pre: torch.Tensor, threshold: float = 0.3, **kwargs):
+    """A JumpReLU SAE with W_enc = I and zero biases: pre-activations equal the input."""
+    sae = make_sae("jumprelu", d_in=pre.shape[1], d_sae=pre.shape[1], **kwargs)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.eye(pre.shape[1], dtype=torch.float64))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+        sae.log_threshold.fill_(torch.tensor(threshold, dtype=torch.float64).log())
+    return sae
+
+
+@pytest.mark.parametrize("term", ["activation", "l0"])
+def test_jumprelu_straight_through_gradient_is_the_rectangle_kernel_formula(term):
+    """Default bandwidth eps, pre-activations in and just out of |pre - theta| < eps/2: per latent,
+    d/dtheta sum(latents) = -(theta/eps) #inside, d/dtheta L0 = -(1/eps) #inside / n_tokens (times theta for log)."""
+    eps = SAEConfig.jumprelu_bandwidth  # the default
+    theta = 0.3
+    offsets = torch.tensor([[-0.45, 0.1, 0.6], [0.0, -0.6, 0.7], [0.3, 0.8, -0.8],  # [tokens, latents], in eps
+                            [0.49, -3.0, 1.5], [-0.55, 0.51, -2.0], [2.0, -0.2, 0.45]], dtype=torch.float64)
+    n_inside = torch.tensor([4.0, 2.0, 1.0], dtype=torch.float64)  # |offset| < 1/2, per latent
+    pre = theta + offsets * eps
+    sae = identity_jumprelu(pre, theta)
+    out = sae(pre)
+    value = out.latent_acts.sum() if term == "activation" else out.l0
+    grad = torch.autograd.grad(value, sae.log_threshold)[0]
+    per_threshold = -(theta / eps) * n_inside if term == "activation" else -(1 / eps) * n_inside / pre.shape[0]
+    assert torch.allclose(grad, theta * per_threshold, rtol=1e-9, atol=0)
+
+
+def test_jumprelu_training_raises_thresholds_of_unneeded_latents_and_lowers_needed_ones():
+    """Planted, pre-activations inside the STE window (default bandwidth): latent 0 reconstructs the input
+    (its threshold must fall), latent 1 has a zero decoder row, so only L0 acts (its threshold must rise)."""
+    theta = SAEConfig.jumprelu_init_threshold  # 0.001, as training starts
+    eps = SAEConfig.jumprelu_bandwidth
+    x = torch.tensor([[1.0, 1.0]] * 8, dtype=torch.float64)
+    sae = identity_jumprelu(x, theta, l0_coef=1e-4)
+    with torch.no_grad():
+        sae.b_enc.fill_(theta + 0.2 * eps - 1.0)  # pre = 1 + b_enc = theta + 0.2 eps, inside the window
+        sae.W_dec.copy_(torch.tensor([[1.0, 0.0], [0.0, 0.0]], dtype=torch.float64))
+    assert ((sae.pre_acts(x) - theta).abs() < eps / 2).all()
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-2)
+    for _ in range(10):
+        sae(x).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    needed, unneeded = sae.threshold.detach()  # measured: 0.961 and 1.041 times theta
+    assert needed < theta * 0.98
+    assert unneeded > theta * 1.02
 
 
 # --- ReLU -----------------------------------------------------------------------------------------

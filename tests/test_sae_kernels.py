@@ -99,11 +99,16 @@ def test_bf16_autocast_with_float32_parameters_matches_float32(impl):
     want_loss, want_grads = loss_and_grads()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got_loss, got_grads = loss_and_grads()
-    assert abs(got_loss.item() - want_loss.item()) / want_loss.item() < 0.05
+    # Measured on this seed (both impls, CPU): loss relative error 9.7e-4; 1 - cosine of the gradients
+    # x 1.4e-3, W_enc 6.1e-4, b_enc 2.6e-4, b_dec 6.4e-5, W_dec 1.5e-3; |norm ratio - 1| at most 3.4e-3
+    # (b_dec). Almost all of it is the 3% of tokens whose top-k set changes when pre-activations are
+    # rounded to bf16; the tolerances are ~3-5x the measured errors.
+    assert abs(got_loss.item() - want_loss.item()) / want_loss.item() < 5e-3
     for name, got, want in zip(["x", "W_enc", "b_enc", "b_dec", "W_dec"], got_grads, want_grads):
         assert got.dtype == torch.float32, name
         cos = torch.nn.functional.cosine_similarity(got.flatten(), want.flatten(), dim=0)
-        assert cos > 0.95, (name, cos.item())
+        assert 1 - cos < 5e-3, (name, 1 - cos.item())
+        assert abs(got.norm() / want.norm() - 1) < 1e-2, name
 
 
 @pytest.mark.parametrize("impl", IMPLS)

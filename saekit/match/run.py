@@ -1,8 +1,12 @@
 """`saekit match SAE_A SAE_B [SAE_C ...]`: how many latents SAEs trained with different seeds share.
 
 `match_saes(config)` is the whole run:
-1. load the SAEs and check them: same d_in (else an error naming both folders), same hook point
-   (else an error, or a warning with `force`);
+1. load the SAEs (anything `saekit.sae.load_sae` reads: saekit, SAELens and sparsify folders,
+   registry and hub ids) and check them: same d_in (else an error naming both), same hook point
+   (else an error, or a warning with `force`). Hook names come from each SAE's config, or from
+   `hookpoint` for an SAE whose config names none (a sparsify folder without `hook_name`), never
+   from a folder's name; they are compared only between SAEs that declare one, and the summary
+   (`hook_check`) says when they were not compared;
 2. match every pair (i < j) with `pair.match_pair` (exact or scalable assignment, see assign.py);
 3. optionally, over the same held-out tokens of a cache: each latent's frequency and the activation
    correlation of matched latents (activations.py); otherwise frequencies come from each SAE's
@@ -18,6 +22,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -35,7 +40,10 @@ from saekit.match.assign import METHODS
 from saekit.match.pair import PairMatch, match_pair
 from saekit.match.report import latent_table, write_report_html, write_table
 from saekit.match.summary import by_shared, pair_summary, seed_summary
-from saekit.sae import SAE, load_sae_dir
+from saekit.sae import SAE
+from saekit.sae.formats import load_sae, output_dir_for, parse_source
+from saekit.sae.io import CFG_FILENAME, WEIGHTS_FILENAME
+from saekit.sae.sparsify_format import SPARSIFY_WEIGHTS, is_sparsify_cfg, tl_hook_name
 
 FORMAT_VERSION = 1
 SUMMARY_FILE = "match.json"
@@ -55,6 +63,9 @@ class MatchConfig:
     candidates: int = doc("sparse: cosines kept per latent for the first matching graph", 16)
     block_rows: int = doc("rows of the cosine matrix computed at once", 4096)
     device: str = doc("where cosines are computed: auto | cpu | cuda", "auto")
+    hookpoint: str = doc("hook point of SAEs whose config names none (sparsify folders without hook_name; a "
+                         "sparsify module name such as layers.6 or a TransformerLens hook), and which SAE of a "
+                         "sparsify multi-hookpoint checkpoint ('' = from each SAE's config)", "")
     force: bool = doc("match SAEs trained on different hook points (warns instead of failing)", False)
     cache: str = doc("activation cache: latent frequencies and activation correlation of matched latents "
                      "('' = skip)", "")
@@ -79,23 +90,69 @@ class MatchConfig:
             raise ValueError(f"MatchConfig.scores lists {len(self.scores)} files for {len(self.saes)} SAEs")
 
 
-def load_saes(paths: list[str], force: bool = False) -> list[SAE]:
-    """The SAEs in `paths`, checked for a common d_in and hook point (see the module docstring)."""
+def _standalone_sparsify_cfg(source: str) -> dict[str, Any] | None:
+    """The cfg.json of `source` when it is one local sparsify SAE folder (not a checkpoint of several), else None."""
+    try:
+        kind, location, _ = parse_source(str(source))
+    except (FileNotFoundError, ValueError):
+        return None  # load_sae names the problem
+    folder = Path(location)
+    if kind != "dir" or not (folder / CFG_FILENAME).is_file():
+        return None
+    try:
+        raw = json.loads((folder / CFG_FILENAME).read_text())
+    except json.JSONDecodeError:
+        return None  # load_sae names the problem
+    sparsify = (folder / SPARSIFY_WEIGHTS).is_file() and not (folder / WEIGHTS_FILENAME).is_file()
+    return raw if isinstance(raw, dict) and (sparsify or is_sparsify_cfg(raw)) else None
+
+
+def load_declared(source: str, hookpoint: str = "") -> SAE:
+    """`load_sae(source)` with cfg.hook_name the hook the SAE declares: its config's (for a sparsify
+    folder, cfg.json's `hook_name`; in a multi-hookpoint checkpoint, the one `hookpoint` selects),
+    else `hookpoint` (mapped to a TransformerLens hook), else ''. A folder's name is never used."""
+    sparsify_cfg = _standalone_sparsify_cfg(source)
+    standalone = sparsify_cfg is not None or Path(str(source)).expanduser().joinpath(CFG_FILENAME).is_file()
+    # a standalone folder holds one SAE: hookpoint names its hook, it does not select it
+    sae = load_sae(source, hookpoint=None if standalone or not hookpoint else hookpoint)
+    declared = (sparsify_cfg.get("hook_name") or "") if sparsify_cfg is not None else sae.cfg.hook_name
+    given = tl_hook_name(hookpoint, warn=False) if hookpoint else ""
+    if declared and given and declared != given:
+        raise ValueError(f"{source} declares hook {declared!r}; --hookpoint {hookpoint!r} ({given!r}) disagrees")
+    sae.cfg = dataclasses.replace(sae.cfg, hook_name=declared or given)
+    return sae
+
+
+def load_saes(paths: list[str], force: bool = False, hookpoint: str = "") -> list[SAE]:
+    """The SAEs at `paths` (anything `load_sae` reads), checked for a common d_in and, between those
+    that declare one, hook point (see the module docstring); an SAE declaring none has hook_name ''."""
     if len(paths) < 2:
         raise ValueError(f"saekit match needs at least two SAE folders, got {len(paths)}")
-    saes = [load_sae_dir(path) for path in paths]
+    saes = [load_declared(path, hookpoint) for path in paths]
     first = saes[0].cfg
     for path, sae in zip(paths[1:], saes[1:]):
         if sae.cfg.d_in != first.d_in:
             raise ValueError(f"cannot match SAEs of different d_in: {paths[0]} has d_in {first.d_in}, "
                              f"{path} has d_in {sae.cfg.d_in}")
-        if sae.cfg.hook_name != first.hook_name:
-            message = (f"SAEs of different hook points: {paths[0]} reads {first.hook_name!r}, "
-                       f"{path} reads {sae.cfg.hook_name!r}")
+    declared = [(path, sae.cfg.hook_name) for path, sae in zip(paths, saes) if sae.cfg.hook_name]
+    for path, hook in declared[1:]:
+        if hook != declared[0][1]:
+            message = (f"SAEs of different hook points: {declared[0][0]} reads {declared[0][1]!r}, "
+                       f"{path} reads {hook!r}")
             if not force:
                 raise ValueError(message + "; pass force=True (--force true) to match them anyway")
             warnings.warn(message + " (matched anyway: force=True)")
     return saes
+
+
+def hook_check(paths: list[str], saes: list[SAE]) -> dict[str, Any]:
+    """Whether hook points were compared: {"compared": bool, "undeclared": [paths], "note": str}."""
+    undeclared = [str(path) for path, sae in zip(paths, saes) if not sae.cfg.hook_name]
+    if not undeclared:
+        return {"compared": True, "undeclared": [], "note": "hook points compared: all SAEs declare one"}
+    return {"compared": False, "undeclared": undeclared,
+            "note": f"hook points not compared for {', '.join(undeclared)}: no hook name in the SAE's config "
+                    "(pass --hookpoint to name it)"}
 
 
 def read_scores(path: str | Path, d_sae: int) -> np.ndarray:
@@ -125,16 +182,16 @@ def _scores(config: MatchConfig, saes: list[SAE]) -> list[np.ndarray | None]:
     found: list[np.ndarray | None] = []
     for k, (path, sae) in enumerate(zip(config.saes, saes)):
         given = config.scores[k] if config.scores else ""
-        file = Path(given) if given else Path(path) / SCORES_FILE
+        file = Path(given) if given else output_dir_for(path, config.hookpoint or None) / SCORES_FILE
         if given and not file.is_file():
             raise FileNotFoundError(f"MatchConfig.scores[{k}]: {file} not found")
         found.append(read_scores(file, sae.cfg.d_sae) if file.is_file() else None)
     return found
 
 
-def _eval_frequency(path: str, d_sae: int) -> np.ndarray | None:
+def _eval_frequency(path: str, d_sae: int, hookpoint: str = "") -> np.ndarray | None:
     """The per-latent frequency of <sae>/eval.json, when it holds one (`latent_frequency`)."""
-    file = Path(path) / "eval.json"
+    file = output_dir_for(path, hookpoint or None) / "eval.json"
     if not file.is_file():
         return None
     values = json.loads(file.read_text()).get("latent_frequency")
@@ -143,7 +200,7 @@ def _eval_frequency(path: str, d_sae: int) -> np.ndarray | None:
 
 def _sae_info(k: int, path: str, sae: SAE) -> dict[str, Any]:
     cfg = sae.cfg
-    return {"index": k, "name": f"{k}:{Path(path).name}", "path": str(path), "hook_name": cfg.hook_name,
+    return {"index": k, "name": f"{k}:{Path(path).name}", "path": str(path), "hook_name": cfg.hook_name or None,
             "architecture": cfg.architecture, "d_in": cfg.d_in, "d_sae": cfg.d_sae,
             "k": cfg.k if cfg.architecture in ("topk", "batchtopk") else None, "seed": cfg.seed}
 
@@ -151,7 +208,13 @@ def _sae_info(k: int, path: str, sae: SAE) -> dict[str, Any]:
 def match_saes(config: MatchConfig, progress: bool = True) -> dict[str, Any]:
     """Run the match described by `config` (see the module docstring); returns the summary it writes."""
     started = time.time()
-    saes = load_saes(config.saes, config.force)
+    saes = load_saes(config.saes, config.force, config.hookpoint)
+    hooks = hook_check(config.saes, saes)
+    if progress and not hooks["compared"]:
+        print(f"[match] {hooks['note']}")
+    if config.cache and not hooks["compared"]:
+        raise ValueError(f"MatchConfig.cache: {hooks['undeclared']} name no hook point to read from the cache; "
+                         "pass hookpoint (--hookpoint)")
     device = resolve_device(config.device)
     pairs: dict[tuple[int, int], PairMatch] = {}
     for i in range(len(saes)):
@@ -167,12 +230,13 @@ def match_saes(config: MatchConfig, progress: bool = True) -> dict[str, Any]:
         frequencies, correlations = activation_stats(saes, pairs, config.cache, config.n_tokens,
                                                      config.batch_size, device)
     else:
-        frequencies = [_eval_frequency(path, sae.cfg.d_sae) for path, sae in zip(config.saes, saes)]
+        frequencies = [_eval_frequency(path, sae.cfg.d_sae, config.hookpoint)
+                       for path, sae in zip(config.saes, saes)]
     scores = _scores(config, saes)
 
     summary: dict[str, Any] = {"format_version": FORMAT_VERSION, "config": config_to_dict(config),
                                "saes": [_sae_info(k, p, s) for k, (p, s) in enumerate(zip(config.saes, saes))],
-                               "pairs": {}}
+                               "hook_check": hooks, "pairs": {}}
     for (i, j), pair in pairs.items():
         entry = pair_summary(pair, config.threshold)
         shared = pair.small.shared(config.threshold)
@@ -235,6 +299,8 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
                      f"(fraction {pair['fraction_shared']:.3f} of the smaller SAE; a {pair['fraction_shared_a']:.3f}, "
                      f"b {pair['fraction_shared_b']:.3f}); mean matched cosine decoder "
                      f"{pair['decoder']['mean_matched_cos']:.3f}, encoder {pair['encoder']['mean_matched_cos']:.3f}")
+    if not summary.get("hook_check", {"compared": True})["compared"]:
+        lines.append(summary["hook_check"]["note"])
     if len(summary["saes"]) > 2:
         ref = summary["seeds"]["reference"]
         lines.append(f"SAE 0: {ref['fraction_shared_with_all']:.3f} of its latents shared with every other SAE, "

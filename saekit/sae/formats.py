@@ -12,6 +12,10 @@ Sources, tried in this order:
 | `saelens:RELEASE/SAE_ID`, or `RELEASE/SAE_ID` with RELEASE in sae-lens's registry | `sae_lens.SAE.from_pretrained` |
 | `sparsify:OWNER/REPO[/HOOKPOINT]`, or another `OWNER/REPO[/HOOKPOINT]` | `snapshot_download`, then as a folder |
 
+Hook names: a saekit/SAELens folder's `hook_name`; a sparsify folder's cfg.json `hook_name`, else
+the module it was selected by in a multi-hookpoint checkpoint, else (a standalone folder) its name
+only when that is a module name of `sparsify_format.HOOKPOINT_TABLE` (`layers.6`); otherwise ''.
+
 Untrusted files: weights are read from safetensors only. A folder whose weights exist only as a
 pickle (.pt, .pth, .pkl, .bin, .ckpt) is refused, naming the file, unless `allow_pickle=True`
 (CLI `--allow-pickle`); then it is read with `torch.load(weights_only=True)`. Pickle files next to
@@ -34,7 +38,8 @@ from saekit.sae.base import SAE
 from saekit.sae.io import CFG_FILENAME, WEIGHTS_FILENAME, sae_from_cfg_json, sae_from_tensors
 from saekit.sae.saelens_format import export_saelens, from_saelens_sae, load_saelens_registry, saelens_releases
 from saekit.sae.sparsify_format import (
-    SPARSIFY_WEIGHTS, convert_sparsify, export_sparsify, is_sparsify_cfg, resolve_hookpoint, tl_hook_name,
+    SPARSIFY_WEIGHTS, convert_sparsify, export_sparsify, is_module_name, is_sparsify_cfg, resolve_hookpoint,
+    tl_hook_name,
 )
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt")
@@ -108,7 +113,8 @@ def load_sae_folder(path: str | Path, hookpoint: str | None = None, device: str 
                     allow_pickle: bool = False) -> SAE:
     """The SAE in a local folder of any format saekit reads (see the module docstring)."""
     path = Path(path)
-    if not (path / CFG_FILENAME).is_file():
+    standalone = (path / CFG_FILENAME).is_file()
+    if not standalone:
         if not any(path.glob("*/cfg.json")) and not any(path.glob("*/*/cfg.json")):
             raise FileNotFoundError(f"{path / CFG_FILENAME} not found: an SAE folder holds {CFG_FILENAME} and "
                                     f"{WEIGHTS_FILENAME} (saekit, SAELens) or {SPARSIFY_WEIGHTS} (sparsify)")
@@ -126,6 +132,8 @@ def load_sae_folder(path: str | Path, hookpoint: str | None = None, device: str 
     tensors, weights_path = read_weights(path, allow_pickle)
     if weights_path.name == SPARSIFY_WEIGHTS or is_sparsify_cfg(raw):
         name = path.parent.name if re.fullmatch(r"seed\d+", path.name) else path.name
+        if standalone and not is_module_name(name):  # a folder's own name is no hook name (`seed0`, `run3`)
+            name = ""
         cfg, ours = convert_sparsify(raw, tensors, name, source=str(cfg_path))
         return sae_from_tensors(cfg, ours, device, cfg_path, weights_path)
     return sae_from_cfg_json(raw, tensors, device, cfg_path, weights_path)

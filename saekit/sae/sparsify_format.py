@@ -74,6 +74,15 @@ def tl_hook_name(hookpoint: str, warn: bool = True) -> str:
     return name
 
 
+def is_module_name(name: str) -> bool:
+    """Whether `name` (a `/seedN` suffix dropped) is a module name of `HOOKPOINT_TABLE` or a
+    TransformerLens hook name: what a standalone sparsify folder's name may stand for."""
+    name = name.split("/")[0]
+    for prefix in _PREFIXES:
+        name = name.removeprefix(prefix)
+    return name.startswith(("blocks.", "hook_")) or any(pattern.match(name) for pattern, _ in _COMPILED)
+
+
 def is_sparsify_cfg(raw: dict[str, Any]) -> bool:
     """Whether a parsed cfg.json is sparsify's (SparseCoderConfig fields, no SAELens `d_sae`)."""
     return "d_sae" not in raw and any(key in raw for key in ("num_latents", "expansion_factor"))
@@ -83,8 +92,9 @@ def convert_sparsify(raw: dict[str, Any], tensors: dict[str, Tensor], hookpoint:
                      source: str = "sparsify cfg.json") -> tuple[SAEConfig, dict[str, Tensor]]:
     """(SAEConfig of a TopK SAE, saekit tensors) from a sparsify cfg.json and state dict.
 
-    hookpoint: the module name the SAE reads (its folder's name), mapped to a TransformerLens hook
-    unless cfg.json names one (`hook_name`, written by `export_sparsify`). Errors name the field.
+    hookpoint: the module name the SAE reads (its folder's name in a multi-hookpoint checkpoint),
+    mapped to a TransformerLens hook unless cfg.json names one (`hook_name`, written by
+    `export_sparsify`); '' when unknown (the SAE's hook_name is then ''). Errors name the field.
     """
     d_in = raw.get("d_in")
     if not isinstance(d_in, int) or isinstance(d_in, bool) or d_in < 1:
@@ -114,7 +124,8 @@ def convert_sparsify(raw: dict[str, Any], tensors: dict[str, Tensor], hookpoint:
         raise ValueError(f"{source}: field 'k' must be an integer in [1, d_sae = {d_sae}], got {k!r}")
     dtype = str(tensors["encoder.weight"].dtype).removeprefix("torch.")  # sparsify's own rule
     values = {"architecture": "topk", "d_in": d_in, "d_sae": d_sae, "k": k, "dtype": dtype,
-              "hook_name": raw.get("hook_name") or tl_hook_name(hookpoint), "normalize_activations": "none",
+              "hook_name": raw.get("hook_name") or (tl_hook_name(hookpoint) if hookpoint else ""),
+              "normalize_activations": "none",
               "b_dec_init": "zeros"}
     ours = {"W_enc": tensors["encoder.weight"].t(), "b_enc": tensors["encoder.bias"],
             "W_dec": tensors["W_dec"], "b_dec": tensors["b_dec"]}
