@@ -480,3 +480,19 @@ def test_the_cli_scores_raw_descriptions_offline_with_embeddings(planted, tmp_pa
     assert summary["summary"]["embedding"]["maxact"]["n"] == 3 - len(silent) >= 2
     assert summary["summary"]["embedding"]["maxact"]["n_failed"] == len(silent)
     assert main(["score", str(planted.records), "--explanations", str(out), "--scorers", "fuzzing"]) == 2
+
+
+def test_the_clamp_range_grows_when_its_top_is_short_of_the_target(steering_model):
+    """A latent whose decoder row is 1000x smaller needs a clamp 1000x larger: the paper's fixed
+    [1, 1000] misses the target, the grown range hits it."""
+    model, sae, hook, prompts = steering_model
+    small = build_sae(SAEConfig(architecture="relu", d_in=64, d_sae=32, hook_name=hook, seed=2,
+                                normalize_activations="none"))
+    with torch.no_grad():
+        small.load_state_dict(sae.state_dict())
+        small.W_dec[0] /= 1000.0
+    fixed = sm.find_clamp_values(model, small, hook, prompts, [0], [0.5], start=1)
+    grown = sm.find_clamp_values(model, small, hook, prompts, [0], [0.5], start=1, grow=3)
+    assert not fixed["hit"][0, 0] and fixed["kl"][0, 0] < 0.5
+    assert grown["hit"][0, 0] and grown["values"][0, 0] > 1000
+    assert 0.5 - 1e-4 <= direct_kl(model, small, hook, prompts, 0, grown["values"][0, 0]) <= 0.6 + 1e-4

@@ -148,7 +148,8 @@ def run_output(items: list[Item], model: Any, sae: Any, hook_name: str, config: 
     latents = list(dict.fromkeys(item.latent for item in items))
     prompts = prompt_tokens(model, list(config.output_prompts), prepend_bos)
     search = find_clamp_values(model, sae, hook_name, prompts, latents, targets, start, config.kl_window,
-                               tuple(config.clamp_range), config.search_steps, config.steer_batch, progress)
+                               tuple(config.clamp_range), config.search_steps, config.steer_batch, progress,
+                               config.clamp_grow)
     ranks = promotion_ranks(model, sae, hook_name, prompts, latents, search["values"], start, config.steer_batch)
     vocab = vocabulary_index(model, text)
     row_of = {f: i for i, f in enumerate(latents)}

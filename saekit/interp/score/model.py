@@ -80,12 +80,17 @@ def steered_kl(model: Any, sae: Any, hook_name: str, tokens: torch.Tensor, laten
 def find_clamp_values(model: Any, sae: Any, hook_name: str, prompts: list[torch.Tensor], latents: list[int],
                       targets: list[float], start: int, window: float = 0.1,
                       clamp_range: tuple[float, float] = (1.0, 1000.0), max_steps: int = 20, batch_rows: int = 64,
-                      progress: bool = False) -> dict[str, np.ndarray]:
+                      progress: bool = False, grow: int = 0) -> dict[str, np.ndarray]:
     """Bisection for each (latent, target KL): {'values', 'kl', 'hit'} arrays [len(latents), len(targets)].
 
     The magnitude is bisected in clamp_range (the sign is the target's): too much KL halves the upper
     end, too little the lower one, until the mean KL over prompts is in [|t|, |t| + window] (hit)
     or max_steps have passed; a miss keeps the value whose KL came closest to the window.
+
+    grow: before bisecting, a row whose KL at the top of the range is still below its target has
+    its range moved up tenfold ([top, 10 top]), up to `grow` times. The paper's [1, 1000] is in its
+    SAEs' activation scale; latents of SAEs on raw residual streams (Gemma's peak near 1,800 in
+    saekit's demo) need more to move the output at all.
     """
     from tqdm.auto import tqdm
 
@@ -102,6 +107,15 @@ def find_clamp_values(model: Any, sae: Any, hook_name: str, prompts: list[torch.
         low, high = np.full(len(chunk), float(clamp_range[0])), np.full(len(chunk), float(clamp_range[1]))
         best_gap, best_value, best_kl = np.full(len(chunk), np.inf), np.zeros(len(chunk)), np.zeros(len(chunk))
         active = np.ones(len(chunk), dtype=bool)
+        for _ in range(grow):
+            rows = np.nonzero(active)[0]
+            steer = [chunk[r][0] for r in rows]
+            kl = np.mean([steered_kl(model, sae, hook_name, tokens, steer, list(sign[rows] * high[rows]), start,
+                                     clean).numpy() for tokens, clean in zip(prompts, cleans)], axis=0)
+            short = kl < goal[rows]
+            if not short.any():
+                break
+            low[rows[short]], high[rows[short]] = high[rows[short]], high[rows[short]] * 10
         for _ in range(max_steps):
             rows = np.nonzero(active)[0]
             mid = (low[rows] + high[rows]) / 2
@@ -173,7 +187,8 @@ def output_generations(model: Any, sae: Any, hook_name: str, latents: list[int],
     targets = list(config.kl_targets)
     prompts = prompt_tokens(model, list(config.output_prompts), prepend_bos)
     search = find_clamp_values(model, sae, hook_name, prompts, latents, targets, start, config.kl_window,
-                               tuple(config.clamp_range), config.search_steps, config.steer_batch, progress)
+                               tuple(config.clamp_range), config.search_steps, config.steer_batch, progress,
+                               config.clamp_grow)
     pairs = [(i, j) for i in range(len(latents)) for j in range(len(targets))]
     completions: dict[tuple[int, int, int], str] = {}
     bar = tqdm(total=len(pairs) * len(prompts), desc="steered generation", unit="seq", disable=not progress)

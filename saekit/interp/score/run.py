@@ -128,6 +128,8 @@ class ScoreConfig:
     clamp_range: list[float] = doc("output: bisection range of the clamp magnitude (paper: 1 1000)",
                                    default_factory=lambda: [1.0, 1000.0])
     search_steps: int = doc("output: most bisection steps per target", 20)
+    clamp_grow: int = doc("output: times the range may move up tenfold when its top is still short of the "
+                          "target KL (0 = the paper's fixed range)", 3)
     gen_tokens: int = doc("output: tokens generated per prompt (paper: 25)", 25)
     gen_temperature: float = doc("output: sampling temperature (paper: 0.75)", 0.75)
     output_trials: int = doc("output: judge trials per description, each with new distractors (paper: 1)", 1)
