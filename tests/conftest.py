@@ -106,3 +106,14 @@ def make_report_run(root):
 def report_run(tmp_path_factory):
     """(run directory, [SAE folder seed 0, seed 1]) of `make_report_run`, built once per session."""
     return make_report_run(tmp_path_factory.mktemp("report_run"))
+
+
+def small_train_config(cache, out, **changes):
+    """A TopK TrainConfig of 6 steps of 256 tokens, no checkpoints, logs every 2 steps (changes override)."""
+    from saekit.train import TrainConfig
+
+    values = dict(cache=str(cache), out=str(out), d_sae=[32], k=[4], seeds=[0], n_tokens=256 * 6, batch_size=256,
+                  lr=1e-3, warmup_steps=1, drop_bos=False, checkpoint_every=0, log_every=2,
+                  normalize_sample_tokens=256, device="cpu")
+    values.update(changes)
+    return TrainConfig(**values)

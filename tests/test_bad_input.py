@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import context_blocks, random_contexts
+from conftest import context_blocks, random_contexts, small_train_config as config
 from saekit.data import ActivationStore, CacheError, verify_cache, write_array_cache, write_cache
 from saekit.data.shards import shard_path
 from saekit.sae import SAEConfig, build_sae, load_sae_dir, save_sae
-from saekit.train import TrainConfig, train
+from saekit.train import train
 
 N, CTX, D = 40, 16, 16
 
@@ -30,14 +30,6 @@ def array_cache(path: Path, seed: int = 0, values: torch.Tensor | None = None) -
 def hashes(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def config(cache: Path, out: Path, **changes) -> TrainConfig:
-    values = dict(cache=str(cache), out=str(out), d_sae=[32], k=[4], seeds=[0], n_tokens=256 * 6, batch_size=256,
-                  lr=1e-3, warmup_steps=1, drop_bos=False, checkpoint_every=0, log_every=2,
-                  normalize_sample_tokens=256, device="cpu")
-    values.update(changes)
-    return TrainConfig(**values)
 
 
 @pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")  # not in the prefetch thread

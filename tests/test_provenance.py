@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from saekit.data import CacheError, read_manifest, write_array_cache
+from conftest import small_train_config as config
 from saekit.sae import load_sae_dir
-from saekit.train import TrainConfig, train
+from saekit.train import train
 
 N, CTX, D = 40, 16, 16
 INFO = {"source": "arrays", "model_name": "toy"}
@@ -24,14 +25,6 @@ def acts(seed: int) -> torch.Tensor:
 def array_cache(path: Path, seed: int = 0, info: dict | None = None) -> Path:
     write_array_cache(path, {"syn": acts(seed)}, contexts_per_shard=10, info=dict(info or INFO))
     return path
-
-
-def config(cache: Path, out: Path, **changes) -> TrainConfig:
-    values = dict(cache=str(cache), out=str(out), d_sae=[32], k=[4], seeds=[0], n_tokens=256 * 6, batch_size=256,
-                  lr=1e-3, warmup_steps=1, drop_bos=False, checkpoint_every=0, log_every=2,
-                  normalize_sample_tokens=256, device="cpu")
-    values.update(changes)
-    return TrainConfig(**values)
 
 
 def tree_hashes(root: Path) -> dict[str, str]:
