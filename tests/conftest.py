@@ -43,8 +43,9 @@ def tiny_model():
     return tiny_random_model()
 
 
-def make_local_model_dir(root, n_ctx: int = 64):
-    """A local model folder (random tiny model + a BPE trained on synthetic text) and data.jsonl."""
+def make_local_model_dir(root, n_ctx: int = 64, make_model=None):
+    """A local model folder (random tiny model + a BPE trained on synthetic text) and data.jsonl.
+    make_model(d_vocab) builds another HookedTransformer in place of tiny_random_model."""
     import json
 
     from saekit.models import save_model_dir, train_bpe_tokenizer, wrap_tokenizer
@@ -56,7 +57,8 @@ def make_local_model_dir(root, n_ctx: int = 64):
         for doc in docs:
             f.write(json.dumps({"text": doc}) + "\n")
     tokenizer = train_bpe_tokenizer(docs[:500], vocab_size=300)
-    model = tiny_random_model(d_vocab=tokenizer.get_vocab_size(), n_ctx=n_ctx)
+    d_vocab = tokenizer.get_vocab_size()
+    model = make_model(d_vocab) if make_model else tiny_random_model(d_vocab=d_vocab, n_ctx=n_ctx)
     model.set_tokenizer(wrap_tokenizer(tokenizer))
     save_model_dir(model, root / "model")
     return root

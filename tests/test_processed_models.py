@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from conftest import make_local_model_dir
 from saekit.data import CacheConfig, cache_activations, read_manifest
 from saekit.data.shards import CacheError, shard_path
 from saekit.models import (FROM_PRETRAINED_DEFAULTS, load_model, processing_flags, reload_model,
@@ -66,19 +67,7 @@ def write_saelens_folder(path, model_dir, kwargs: dict | None, top_level: bool =
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """{root, model, data, processed (SAE trained on a centred model), plain, off (kwargs say false)}."""
-    from saekit.models import save_model_dir, train_bpe_tokenizer, wrap_tokenizer
-
-    root = tmp_path_factory.mktemp("processed")
-    words = ("the model reads tokens and writes activations to a cache while a sparse autoencoder learns "
-             "latent features from residual stream vectors").split()
-    docs = [" ".join(words[(i * 7 + j * 3) % len(words)] for j in range(10 + i % 20)) for i in range(400)]
-    with (root / "data.jsonl").open("w") as f:
-        for doc in docs:
-            f.write(json.dumps({"text": doc}) + "\n")
-    tokenizer = train_bpe_tokenizer(docs[:200], vocab_size=300)
-    model = gpt2_shaped_model(tokenizer.get_vocab_size())
-    model.set_tokenizer(wrap_tokenizer(tokenizer))
-    save_model_dir(model, root / "model")
+    root = make_local_model_dir(tmp_path_factory.mktemp("processed"), make_model=gpt2_shaped_model)
     kwargs = {"center_writing_weights": True, "fold_ln": True, "center_unembed": False}
     return {"root": root, "model": root / "model", "data": root / "data.jsonl",
             "processed": write_saelens_folder(root / "sae-processed", root / "model", kwargs),
