@@ -26,6 +26,7 @@ Steps, per init variant of `model` (saekit.models.INIT_VARIANTS; `control` names
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
@@ -36,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from saekit.config import config_from_argv, config_to_dict, doc
+from study_stats import bootstrap_difference, equivalence
 
 PAPER = {  # Heap, Lawson, Farnik & Aitchison 2025 (arXiv 2501.17727), Pythia-70m-deduped, TopK, every layer
     "scores": "autointerp (detection, fuzzing) scores and reconstruction of SAEs on trained, step-0 and "
@@ -65,6 +67,7 @@ class RandomVsTrainedConfig:
     cache_tokens: int = doc("tokens cached per variant", 200_000)
     ctx_len: int = doc("tokens per context, BOS included (0 = min(128, the model's n_ctx))", 0)
     cache_dtype: str = doc("dtype of the cached activations: float32 | float16 | bfloat16", "float32")
+    compute_dtype: str = doc("the model's forward pass when caching: float32 | bfloat16 (autocast)", "float32")
     keep_caches: bool = doc("keep each variant's cache (false: delete it once its SAEs are collected)", True)
     d_sae: int = doc("SAE width", 512)
     k: int = doc("TopK k", 16)
@@ -74,8 +77,10 @@ class RandomVsTrainedConfig:
     lr: float | None = doc("Adam learning rate (None: the trainer's default for d_sae)", None)
     warmup_steps: int = doc("learning-rate warm-up steps", 20)
     dead_tokens: int = doc("tokens without firing before a latent counts as dead", 50_000)
-    eval_tokens: int = doc("held-out tokens for FVU, L0 and dead fraction", 20_000)
-    ce_contexts: int = doc("held-out contexts for CE recovered", 64)
+    eval_tokens: int = doc("held-out tokens for FVU, L0 and dead fraction (at most the cache's held-out part, "
+                           "holdout_fraction of it: more is refused)", 8_000)
+    ce_contexts: int = doc("held-out contexts for CE recovered (at most the held-out contexts)", 64)
+    holdout_fraction: float = doc("final fraction of each cache's contexts the SAEs never train on", 0.05)
     n_latents: int = doc("latents scored per SAE (the same number for every variant)", 40)
     candidates: int = doc("latents collected per SAE, as a multiple of n_latents (dead ones are skipped)", 2)
     min_examples: int = doc("an eligible latent has at least this many test windows and random negatives", 10)
@@ -92,7 +97,10 @@ class RandomVsTrainedConfig:
     llm: dict[str, Any] = doc("other LLMConfig fields; cache_dir defaults to OUT/llm_cache", default_factory=dict)
     score: dict[str, Any] = doc("other ScoreConfig fields",
                                 default_factory=lambda: {"n_activating": 15, "n_negatives": 15})
-    close_margin: float = doc("'about the same': |mean score difference from trained| at most this", 0.03)
+    close_margin: float = doc("equivalence margin: a variant's score is 'the same' as trained's when the 95% "
+                              "interval of the difference lies inside +-close_margin (and trained's is above chance)",
+                              0.03)
+    chance: float = doc("chance level of the scores (AUROC scorers: 0.5)", 0.5)
     n_boot: int = doc("bootstrap resamples of the 95% intervals", 1000)
     seed: int = doc("seed of the latent sample, examples and bootstraps", 0)
     device: str = doc("auto | cpu | cuda", "auto")
@@ -219,9 +227,26 @@ def cache_variant(config: RandomVsTrainedConfig, init: str) -> str:
     out = Path(config.out) / f"cache-{init}"
     cache_activations(CacheConfig(out=str(out), model=config.model, init=init, model_seed=config.model_seed,
                                   hooks=[config.hook], n_tokens=config.cache_tokens, ctx_len=config.ctx_len,
-                                  dataset=config.dataset, dtype=config.cache_dtype, device=config.device),
-                      progress=False)
+                                  dataset=os.path.expanduser(config.dataset), dtype=config.cache_dtype,
+                                  compute_dtype=config.compute_dtype, device=config.device), progress=True)
+    check_held_out(config, out)
     return str(out)
+
+
+def check_held_out(config: RandomVsTrainedConfig, cache: str | Path) -> None:
+    """Refuse evaluation settings that would reach into the contexts the SAEs train on: eval_tokens
+    and ce_contexts must fit in the cache's held-out part (its last holdout_fraction of contexts)."""
+    from saekit.data.shards import read_manifest
+
+    manifest = read_manifest(cache)
+    n_contexts, ctx_len = manifest["n_contexts"], manifest["ctx_len"]
+    held_out = n_contexts - (n_contexts - int(n_contexts * config.holdout_fraction))
+    needed = -(-config.eval_tokens // ctx_len)
+    if needed > held_out or config.ce_contexts > held_out:
+        raise ValueError(f"RandomVsTrainedConfig.eval_tokens {config.eval_tokens:,} ({needed} contexts of {ctx_len}) "
+                         f"and ce_contexts {config.ce_contexts} must fit in the {held_out} held-out contexts of "
+                         f"{cache} (holdout_fraction {config.holdout_fraction} of {n_contexts}): evaluation would "
+                         f"include training contexts; lower them, or raise cache_tokens or holdout_fraction")
 
 
 def train_and_collect(config: RandomVsTrainedConfig, init: str, cache: str) -> list[dict[str, Any]]:
@@ -234,7 +259,8 @@ def train_and_collect(config: RandomVsTrainedConfig, init: str, cache: str) -> l
                                 architecture="topk", d_sae=[config.d_sae], k=[config.k], seeds=config.seeds,
                                 n_tokens=config.train_tokens, batch_size=config.batch_size, lr=config.lr,
                                 warmup_steps=config.warmup_steps, dead_tokens=config.dead_tokens, checkpoint_every=0,
-                                log_every=20, device=config.device), progress=False)
+                                holdout_fraction=config.holdout_fraction, log_every=20, device=config.device),
+                    progress=True)
     rng = np.random.default_rng(config.seed)
     candidates = rng.permutation(config.d_sae)[:config.candidates * config.n_latents].tolist()
     saes = []
@@ -301,16 +327,6 @@ def per_latent_rows(sae: dict[str, Any], latents: list[int], scores: list[dict[s
     return rows
 
 
-def bootstrap_difference(a: list[float], b: list[float], n_boot: int, seed: int) -> tuple[float, float, float]:
-    """(mean(a) - mean(b), 95% percentile-bootstrap interval), the two samples resampled independently."""
-    a_values, b_values = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    rng = np.random.default_rng(seed)
-    diffs = (a_values[rng.integers(0, len(a_values), (n_boot, len(a_values)))].mean(1)
-             - b_values[rng.integers(0, len(b_values), (n_boot, len(b_values)))].mean(1))
-    low, high = np.percentile(diffs, [2.5, 97.5])
-    return float(a_values.mean() - b_values.mean()), float(low), float(high)
-
-
 def result_row(sae: dict[str, Any], latent_rows: list[dict[str, Any]], info: dict[str, float],
                config: RandomVsTrainedConfig, n_eligible: int) -> dict[str, Any]:
     """One row of results.csv: the SAE's eval metrics, mean scores with CIs, abstractness, token info."""
@@ -360,11 +376,15 @@ def directions(rows: list[dict[str, Any]], latents: list[dict[str, Any]],
                     "difference": round(diff, 4), "difference_ci": [round(low, 4), round(high, 4)]}
             if variant == config.control:
                 checks.append({"variant": variant, "claim": f"the control's {scorer} is clearly below trained's "
-                               f"(difference CI < 0)", "paper": PAPER["control"], "ours": ours, "holds": high < 0})
+                               f"(difference CI < 0)", "paper": PAPER["control"], "ours": ours, "holds": high < 0,
+                               "verdict": "yes" if high < 0 else ("NO" if low > 0 else "unclear")})
             else:
-                checks.append({"variant": variant, "claim": f"{scorer} about the same as trained's (abs. difference "
-                               f"<= {config.close_margin})", "paper": PAPER["scores"], "ours": ours,
-                               "holds": abs(diff) <= config.close_margin, "ci_includes_0": low <= 0 <= high})
+                test = equivalence(pooled(variant, key), trained, config.close_margin, config.chance, config.n_boot,
+                                   config.seed)
+                checks.append({"variant": variant, "claim": f"{scorer} the same as trained's (equivalence: the "
+                               f"difference's 95% CI inside +-{config.close_margin}, trained above chance "
+                               f"{config.chance})", "paper": PAPER["scores"], "ours": ours,
+                               "verdict": test["verdict"], "holds": test["verdict"] == "equivalent"})
     for variant in config.inits:
         if variant in ("trained", config.control):
             continue
@@ -453,11 +473,13 @@ def write_report(rows: list[dict[str, Any]], latents: list[dict[str, Any]], conf
               "0.5); token entropy: of the token ids at the max-activating position of each latent's top examples "
               "(0 = one token); token / position R^2: activation variance predicted by the token id / the position "
               "alone on held-out contexts.", "",
-              "## The paper's directions, and sanity checks", "", "| variant | claim | ours | holds | paper |",
-              "|---|---|---|---|---|"]
+              "## The paper's directions, and sanity checks", "",
+              "Verdicts: `equivalent` / `different` / `inconclusive` (equivalence test), `refused: ...` (trained's "
+              "score is not above chance, so equality would mean nothing), `yes` / `NO` / `unclear` for directions.",
+              "", "| variant | claim | ours | verdict | paper |", "|---|---|---|---|---|"]
     for c in checks:
-        lines.append(f"| {c['variant']} | {c['claim']} | {json.dumps(c['ours'])} | {'yes' if c['holds'] else 'NO'} | "
-                     f"{c.get('paper', '')} |")
+        verdict = c.get("verdict", "yes" if c["holds"] else "NO")
+        lines.append(f"| {c['variant']} | {c['claim']} | {json.dumps(c['ours'])} | {verdict} | {c.get('paper', '')} |")
     (out / "report.md").write_text("\n".join(lines) + "\n")
     return out
 

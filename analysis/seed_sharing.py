@@ -17,6 +17,7 @@ Steps, per model (the tiny LM trained, and a random-init copy of it, by default)
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -46,21 +47,28 @@ class SeedSharingConfig:
     inits: list[str] = doc("init variants to compare, e.g. trained, random", default_factory=lambda: ["trained", "random"])
     caches: dict[str, str] = doc("existing caches by label instead of caching the model ({label = path})",
                                  default_factory=dict)
-    hook: str = doc("hook point", "blocks.1.hook_resid_post")
+    hook: str = doc("hook point of the whole grid", "blocks.1.hook_resid_post")
+    extra_hooks: list[str] = doc("more hook points (layers), cached too, where only the width sweep (first k) "
+                                 "is trained", default_factory=list)
     dataset: str = doc("dataset to cache", "stdlib-docstrings")
     cache_tokens: int = doc("tokens to cache per model", 300_000)
     cache_dtype: str = doc("dtype of the cached activations: float32 | float16 | bfloat16", "float32")
+    compute_dtype: str = doc("the model's forward pass when caching: float32 | bfloat16 (autocast)", "float32")
     seeds: list[int] = doc("SAE seeds (K >= 2)", default_factory=lambda: [0, 1])
     widths: list[int] = doc("TopK widths (d_sae), trained with the first k", default_factory=lambda: [64, 256, 1024])
     ks: list[int] = doc("TopK k values: the first for every run, the others at sweep_width", default_factory=lambda: [8, 32])
     sweep_width: int = doc("the width of the k, ReLU and training-length comparisons", 256)
     tokens: list[int] = doc("training tokens; the largest trains the grid, the others only sweep_width",
                             default_factory=lambda: [100_000, 500_000])
-    relu_l1_coef: float = doc("ReLU-L1 SAE's L1 coefficient", 1.0)
+    relu_l1_coefs: list[float] = doc("ReLU-L1 SAEs' L1 coefficients (one run each; each is compared with the "
+                                     "TopK setting of the nearest L0)", default_factory=lambda: [1.0])
     batch_size: int = doc("training batch (tokens)", 256)
     lr: float | None = doc("Adam learning rate (None: the trainer's default for each width)", None)
     dead_tokens: int = doc("tokens without firing before a latent counts as dead (AuxK revives it)", 20_000)
     threshold: float = doc("shared-latent cosine threshold", 0.7)
+    match_tokens: int = doc("held-out cache tokens for latent frequencies (live = fires there) and "
+                            "activation correlations", 50_000)
+    n_boot: int = doc("bootstrap resamples of the intervals", 1000)
     device: str = doc("auto | cpu | cuda", "auto")
 
     def __post_init__(self) -> None:
@@ -82,26 +90,37 @@ def build_caches(config: SeedSharingConfig) -> dict[str, str]:
         out = Path(config.out) / f"cache-{init}"
         if not (out / "manifest.json").exists() or not read_manifest(out).get("complete"):
             print(f"[seed-sharing] caching {config.cache_tokens:,} tokens of {config.model} ({init})", flush=True)
-            cache_activations(CacheConfig(out=str(out), model=config.model, init=init, hooks=[config.hook],
-                                          n_tokens=config.cache_tokens, dataset=config.dataset,
-                                          dtype=config.cache_dtype, device=config.device), progress=False)
+            cache_activations(CacheConfig(out=str(out), model=config.model, init=init,
+                                          hooks=[config.hook, *config.extra_hooks], n_tokens=config.cache_tokens,
+                                          dataset=os.path.expanduser(config.dataset), dtype=config.cache_dtype,
+                                          compute_dtype=config.compute_dtype, device=config.device), progress=True)
         caches[init] = str(out)
     return caches
 
 
 def train_runs(config: SeedSharingConfig) -> list[dict[str, Any]]:
-    """The training runs per cache: name, architecture, d_sae, k and n_tokens lists."""
-    longest, k0 = max(config.tokens), config.ks[0]
-    runs = [{"name": "topk", "architecture": "topk", "d_sae": config.widths, "k": [k0], "n_tokens": longest}]
+    """The training runs per cache: name, architecture, hooks, d_sae, k and n_tokens lists."""
+    longest, k0, hook = max(config.tokens), config.ks[0], [config.hook]
+    runs = [{"name": "topk", "architecture": "topk", "hooks": hook + config.extra_hooks, "d_sae": config.widths,
+             "k": [k0], "n_tokens": longest}]
     if len(config.ks) > 1:
-        runs.append({"name": "topk-k", "architecture": "topk", "d_sae": [config.sweep_width], "k": config.ks[1:],
-                     "n_tokens": longest})
-    runs.append({"name": "relu", "architecture": "relu", "d_sae": [config.sweep_width], "k": [k0],
-                 "n_tokens": longest, "sae": {"l1_coef": config.relu_l1_coef}})
+        runs.append({"name": "topk-k", "architecture": "topk", "hooks": hook, "d_sae": [config.sweep_width],
+                     "k": config.ks[1:], "n_tokens": longest})
+    for coef in config.relu_l1_coefs:
+        runs.append({"name": f"relu-l1_{coef:g}", "architecture": "relu", "hooks": hook, "d_sae": [config.sweep_width],
+                     "k": [k0], "n_tokens": longest, "sae": {"l1_coef": coef}, "l1_coef": coef})
     for n_tokens in sorted(set(config.tokens) - {longest}):
-        runs.append({"name": f"topk-{n_tokens}", "architecture": "topk", "d_sae": [config.sweep_width],
+        runs.append({"name": f"topk-{n_tokens}", "architecture": "topk", "hooks": hook, "d_sae": [config.sweep_width],
                      "k": [config.ks[0]], "n_tokens": n_tokens})
     return runs
+
+
+def training_tokens(cache: str, holdout_fraction: float = 0.05) -> int:
+    """Tokens of the cache's training part (its contexts before the evaluation holdout)."""
+    from saekit.data.shards import read_manifest
+
+    manifest = read_manifest(cache)
+    return int(manifest["n_tokens"] * (1 - holdout_fraction))
 
 
 def train_and_match(config: SeedSharingConfig, label: str, cache: str) -> list[dict[str, Any]]:
@@ -109,32 +128,62 @@ def train_and_match(config: SeedSharingConfig, label: str, cache: str) -> list[d
     from saekit.match import MatchConfig, match_saes
     from saekit.train import TrainConfig, train
 
-    rows = []
+    rows, unique = [], training_tokens(cache)
     for run in train_runs(config):
         out = Path(config.out) / "train" / label / run["name"]
         started = time.time()
-        train(TrainConfig(cache=cache, out=str(out), hooks=[config.hook], architecture=run["architecture"],
+        train(TrainConfig(cache=cache, out=str(out), hooks=run["hooks"], architecture=run["architecture"],
                           d_sae=run["d_sae"], k=run["k"], seeds=config.seeds, sae=run.get("sae", {}),
                           n_tokens=run["n_tokens"], batch_size=config.batch_size, lr=config.lr, checkpoint_every=0,
-                          warmup_steps=50, dead_tokens=config.dead_tokens, device=config.device), progress=False)
-        print(f"[seed-sharing] {label}/{run['name']}: trained in {time.time() - started:.0f} s", flush=True)
-        for d_sae in run["d_sae"]:
-            for k in run["k"]:
-                suffix = f"-k{k}" if run["architecture"] == "topk" else ""
-                saes = [str(out / config.hook / f"{run['architecture']}-{d_sae}{suffix}-seed{s}") for s in config.seeds]
-                match_dir = Path(config.out) / "match" / label / f"{run['name']}-{d_sae}{suffix}"
-                summary = match_saes(MatchConfig(saes=saes, out=str(match_dir), threshold=config.threshold,
-                                                 device=config.device, cache=cache, n_tokens=50_000), progress=False)
-                rows.append(result_row(label, run, d_sae, k, saes, summary))
-                print(f"[seed-sharing] {label} {run['architecture']} d_sae={d_sae} k={k} tokens={run['n_tokens']:,}: "
-                      f"shared {rows[-1]['fraction_shared']:.3f}", flush=True)
+                          warmup_steps=50, dead_tokens=config.dead_tokens, device=config.device), progress=True)
+        seconds = time.time() - started
+        print(f"[seed-sharing] {label}/{run['name']}: trained in {seconds:.0f} s", flush=True)
+        for hook, d_sae, k in ((h, d, k) for h in run["hooks"] for d in run["d_sae"] for k in run["k"]):
+            suffix = f"-k{k}" if run["architecture"] == "topk" else ""
+            saes = [str(out / hook / f"{run['architecture']}-{d_sae}{suffix}-seed{s}") for s in config.seeds]
+            where = "" if hook == config.hook else f"{hook}/"
+            match_dir = Path(config.out) / "match" / label / f"{where}{run['name']}-{d_sae}{suffix}"
+            summary = match_saes(MatchConfig(saes=saes, out=str(match_dir), threshold=config.threshold,
+                                             device=config.device, cache=cache, n_tokens=config.match_tokens,
+                                             table_format="csv"), progress=False)
+            row = result_row(label, run, d_sae, k, saes, summary, match_dir, config)
+            row.update(hook=hook, unique_tokens=min(unique, run["n_tokens"]),
+                       epochs=round(run["n_tokens"] / unique, 2), train_seconds=round(seconds, 1))
+            rows.append(row)
+            print(f"[seed-sharing] {label} {hook} {run['architecture']} d_sae={d_sae} k={k} "
+                  f"tokens={run['n_tokens']:,}: shared {row['fraction_shared']:.3f} "
+                  f"[{row['shared_ci_low']:.3f}, {row['shared_ci_high']:.3f}], live {row['fraction_shared_live']:.3f}",
+                  flush=True)
     return rows
 
 
-def result_row(label: str, run: dict[str, Any], d_sae: int, k: int, saes: list[str],
-               summary: dict[str, Any]) -> dict[str, Any]:
-    """One row of results.csv: the setting and its numbers averaged over the seed pairs."""
+def pair_fractions(match_dir: Path, threshold: float) -> dict[str, list[np.ndarray]]:
+    """Per seed pair, the reference side's (the pair's first SAE) shared flags [d_sae] among all
+    latents and among live ones (fired on the held-out tokens), read from the match's latents.csv."""
+    import pandas as pd
+
+    table = pd.read_csv(match_dir / "latents.csv")
+    out: dict[str, list[np.ndarray]] = {"all": [], "live": []}
+    for name, part in table.groupby("pair", sort=True):
+        side = part[part["sae"] == int(str(name).split("-")[0])]
+        shared = side["shared"].astype(bool).to_numpy()
+        out["all"].append(shared)
+        out["live"].append(shared[side["frequency"].fillna(0).to_numpy() > 0])
+    return out
+
+
+def result_row(label: str, run: dict[str, Any], d_sae: int, k: int, saes: list[str], summary: dict[str, Any],
+               match_dir: Path, config: SeedSharingConfig) -> dict[str, Any]:
+    """One row of results.csv: the setting and its numbers averaged over the seed pairs; the shared
+    fractions (among all latents and among live ones) with 95% intervals that resample latents
+    within each pair, and the range over pairs."""
+    from study_stats import grouped_fraction_ci
+
     pairs = list(summary["pairs"].values())
+    flags = pair_fractions(match_dir, config.threshold)
+    shared = grouped_fraction_ci(flags["all"], config.n_boot)
+    live = grouped_fraction_ci(flags["live"], config.n_boot)
+    per_pair = [float(f.mean()) for f in flags["all"]]
 
     def mean(get: Any) -> float:
         values = [v for v in (get(p) for p in pairs) if v is not None]
@@ -144,7 +193,12 @@ def result_row(label: str, run: dict[str, Any], d_sae: int, k: int, saes: list[s
     return {
         "model": label, "architecture": run["architecture"], "d_sae": d_sae,
         "k": k if run["architecture"] == "topk" else None, "n_tokens": run["n_tokens"],
+        "l1_coef": run.get("l1_coef"), "n_pairs": len(pairs),
         "fraction_shared": mean(lambda p: p["fraction_shared"]),
+        "shared_ci_low": shared[1], "shared_ci_high": shared[2],
+        "pair_min": min(per_pair), "pair_max": max(per_pair),
+        "fraction_shared_live": live[0], "shared_live_ci_low": live[1], "shared_live_ci_high": live[2],
+        "live_fraction": float(np.mean([f.size for f in flags["live"]]) / d_sae),
         "fraction_shared_with_all": summary["seeds"]["reference"]["fraction_shared_with_all"],
         "decoder_mean_cos": mean(lambda p: p["decoder"]["mean_matched_cos"]),
         "encoder_mean_cos": mean(lambda p: p["encoder"]["mean_matched_cos"]),
@@ -168,23 +222,34 @@ def _sel(rows: list[dict[str, Any]], **where: Any) -> list[dict[str, Any]]:
 
 
 def _trend(model: str, claim: str, paper: str, ordered: list[dict[str, Any]], key: str, falls: bool) -> dict[str, Any]:
-    """A direction check over rows ordered by `key`: the shared fraction (the claim) and, free of the
-    threshold, the mean matched decoder cosine, each compared first vs last."""
-    fractions = [round(r["fraction_shared"], 3) for r in ordered]
-    cosines = [round(r["decoder_mean_cos"], 3) for r in ordered]
+    """A direction check over rows ordered by `key`, first vs last: "yes" when the shared fractions'
+    intervals separate in the claimed direction, "NO" when they separate the other way, else
+    "unclear"; the same among live latents, and (no interval) the mean matched decoder cosine."""
+    from study_stats import direction_verdict
+
     labels = [r[key] for r in ordered]
 
-    def holds(values: list[float]) -> bool:
-        return values[0] > values[-1] if falls else values[-1] > values[0]
-    return {"model": model, "claim": claim, "paper": paper, "ours": dict(zip(labels, fractions)),
-            "decoder_cos": dict(zip(labels, cosines)), "holds": holds(fractions), "holds_cos": holds(cosines)}
+    def interval(r: dict[str, Any], live: bool = False) -> tuple[float, float, float]:
+        if live:
+            return r["fraction_shared_live"], r["shared_live_ci_low"], r["shared_live_ci_high"]
+        return r["fraction_shared"], r["shared_ci_low"], r["shared_ci_high"]
+    cosines = [r["decoder_mean_cos"] for r in ordered]
+    cos_holds = cosines[0] > cosines[-1] if falls else cosines[-1] > cosines[0]
+    return {"model": model, "claim": claim, "paper": paper,
+            "ours": {lab: [round(v, 3) for v in interval(r)] for lab, r in zip(labels, ordered)},
+            "live": {lab: [round(v, 3) for v in interval(r, True)] for lab, r in zip(labels, ordered)},
+            "decoder_cos": dict(zip(labels, (round(c, 3) for c in cosines))),
+            "verdict": direction_verdict(interval(ordered[0]), interval(ordered[-1]), falls),
+            "verdict_live": direction_verdict(interval(ordered[0], True), interval(ordered[-1], True), falls),
+            "holds": direction_verdict(interval(ordered[0]), interval(ordered[-1]), falls) == "yes",
+            "holds_cos": bool(cos_holds)}
 
 
-def nearest_l0(topk: list[dict[str, Any]], relu: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The TopK row whose L0 is closest to the ReLU row's: architectures compare at equal sparsity."""
-    if not topk or not relu:
+def nearest_l0(topk: list[dict[str, Any]], relu: dict[str, Any]) -> dict[str, Any] | None:
+    """The TopK row whose L0 is closest (in ratio) to the ReLU row's: architectures compare at equal sparsity."""
+    if not topk:
         return None
-    return min(topk, key=lambda r: abs(r["l0"] - relu[0]["l0"]))
+    return min(topk, key=lambda r: abs(np.log(max(r["l0"], 1e-9) / max(relu["l0"], 1e-9))))
 
 
 def directions(rows: list[dict[str, Any]], config: SeedSharingConfig) -> list[dict[str, Any]]:
@@ -192,26 +257,34 @@ def directions(rows: list[dict[str, Any]], config: SeedSharingConfig) -> list[di
     longest, k0 = max(config.tokens), config.ks[0]
     checks = []
     for model in dict.fromkeys(r["model"] for r in rows):
-        topk = _sel(rows, model=model, architecture="topk", n_tokens=longest)
-        for k in config.ks:
-            by_width = sorted(_sel(topk, k=k), key=lambda r: r["d_sae"])
-            if len(by_width) > 1:
-                checks.append(_trend(model, f"falls as width grows (k={k})", PAPER["width"], by_width, "d_sae", True))
+        for hook in [config.hook, *config.extra_hooks]:
+            topk = _sel(rows, model=model, hook=hook, architecture="topk", n_tokens=longest)
+            for k in config.ks:
+                by_width = sorted(_sel(topk, k=k), key=lambda r: r["d_sae"])
+                if len(by_width) > 1:
+                    checks.append(_trend(model, f"falls as width grows ({hook}, k={k})", PAPER["width"], by_width,
+                                         "d_sae", True))
+        main = _sel(rows, model=model, hook=config.hook)
+        topk = _sel(main, architecture="topk", n_tokens=longest)
         for d_sae in config.widths:
             by_k = sorted(_sel(topk, d_sae=d_sae), key=lambda r: r["k"])
             if len(by_k) > 1:
                 checks.append(_trend(model, f"falls as k grows (d_sae={d_sae})", PAPER["k"], by_k, "k", True))
-        by_tokens = sorted(_sel(rows, model=model, architecture="topk", d_sae=config.sweep_width, k=k0),
+        by_tokens = sorted(_sel(main, architecture="topk", d_sae=config.sweep_width, k=k0),
                            key=lambda r: r["n_tokens"])
         if len(by_tokens) > 1:
-            checks.append(_trend(model, "rises with training tokens", PAPER["tokens"], by_tokens, "n_tokens", False))
-        relu = _sel(rows, model=model, architecture="relu")
-        same = nearest_l0(_sel(topk, d_sae=config.sweep_width), relu)
-        if relu and same:
-            checks.append(_trend(model, f"ReLU-L1 shares more than TopK (k={same['k']}, the nearest L0)",
-                                 PAPER["architecture"], relu + [same], "architecture", True))
+            checks.append(_trend(model, "rises with unique training tokens", PAPER["tokens"], by_tokens, "n_tokens",
+                                 False))
+        for relu in _sel(main, architecture="relu"):
+            same = nearest_l0(_sel(topk, d_sae=config.sweep_width), relu)
+            if same:
+                check = _trend(model, f"ReLU-L1 (l1 {relu['l1_coef']:g}, L0 {relu['l0']:.1f}) shares more than TopK "
+                               f"(k={same['k']}, L0 {same['l0']:.1f}: the nearest L0, ratio "
+                               f"{relu['l0'] / max(same['l0'], 1e-9):.2f})", PAPER["architecture"], [relu, same],
+                               "architecture", True)
+                checks.append(check)
     for r in rows:
-        name = f"{r['model']} {r['architecture']} {r['d_sae']} k={r['k']} {r['n_tokens']:,} tokens"
+        name = f"{r['model']} {r['hook']} {r['architecture']} {r['d_sae']} k={r['k']} {r['n_tokens']:,} tokens"
         checks.append({"model": r["model"], "claim": f"sanity: Hungarian mean <= mean max-cosine ({name})",
                        "ours": {"decoder": [round(r["decoder_mean_cos"], 3), round(r["decoder_mean_max_cos"], 3)],
                                 "encoder": [round(r["encoder_mean_cos"], 3), round(r["encoder_mean_max_cos"], 3)]},
@@ -230,6 +303,7 @@ def figures(rows: list[dict[str, Any]], config: SeedSharingConfig) -> list[Any]:
 
     longest, k0 = max(config.tokens), config.ks[0]
     models = list(dict.fromkeys(r["model"] for r in rows))
+    every_hook, rows = rows, _sel(rows, hook=config.hook)  # the width figure shows every layer
     figs = []
 
     def line_figure(title: str, x_title: str, series: dict[str, tuple[list, list]], log_x: bool = False) -> Any:
@@ -244,21 +318,21 @@ def figures(rows: list[dict[str, Any]], config: SeedSharingConfig) -> list[Any]:
         return [r[key] for r in selected], [r["fraction_shared"] for r in selected]
 
     figs.append(line_figure("Shared fraction vs width (TopK)", "d_sae", {
-        f"{m} k={k}": xy(_sel(rows, model=m, architecture="topk", k=k, n_tokens=longest), "d_sae")
-        for m in models for k in config.ks}, log_x=True))
+        f"{m} {h} k={k}": xy(_sel(every_hook, model=m, hook=h, architecture="topk", k=k, n_tokens=longest), "d_sae")
+        for m in models for h in [config.hook, *config.extra_hooks] for k in config.ks}, log_x=True))
     figs.append(line_figure("Shared fraction vs k (TopK)", "k", {
         f"{m} d_sae={w}": xy(_sel(rows, model=m, architecture="topk", d_sae=w, n_tokens=longest), "k")
         for m in models for w in config.widths}))
     figs.append(line_figure(f"Shared fraction vs training tokens (TopK d_sae={config.sweep_width}, k={k0})", "tokens", {
         m: xy(_sel(rows, model=m, architecture="topk", d_sae=config.sweep_width, k=k0), "n_tokens") for m in models}))
     bars = go.Figure()
-    for arch in ("relu", "topk"):
-        picked = []
-        for m in models:
-            relu = _sel(rows, model=m, architecture="relu")
-            same = _sel(rows, model=m, architecture=arch, d_sae=config.sweep_width, n_tokens=longest)
-            picked.append(relu[0] if arch == "relu" and relu else nearest_l0(same, relu))
-        bars.add_trace(go.Bar(x=models, y=[r["fraction_shared"] if r else None for r in picked], name=arch,
+    pairs = [(m, relu, nearest_l0(_sel(rows, model=m, architecture="topk", d_sae=config.sweep_width,
+                                         n_tokens=longest), relu))
+             for m in models for relu in _sel(rows, model=m, architecture="relu")]
+    names = [f"{m} l1 {relu['l1_coef']:g}" for m, relu, _ in pairs]
+    for arch, index in (("relu", 1), ("topk", 2)):
+        picked = [p[index] for p in pairs]
+        bars.add_trace(go.Bar(x=names, y=[r["fraction_shared"] if r else None for r in picked], name=arch,
                               text=[f"L0 {r['l0']:.0f}" if r else "" for r in picked]))
     bars.update_layout(title=f"ReLU-L1 vs TopK at the nearest L0 (d_sae={config.sweep_width})",
                        yaxis_title="fraction shared")
@@ -293,23 +367,38 @@ def write_report(rows: list[dict[str, Any]], config: SeedSharingConfig, out: Pat
     body = [f.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, f in enumerate(figures(rows, config))]
     (out / "figures.html").write_text("<!DOCTYPE html><html><head><meta charset='utf-8'><title>seed sharing</title>"
                                       "</head><body>" + "\n".join(body) + "</body></html>")
-    lines = ["# Seed sharing at small scale", "",
-             f"Model `{config.model}` ({', '.join(dict.fromkeys(r['model'] for r in rows))}), hook `{config.hook}`, "
-             f"seeds {config.seeds}, threshold {config.threshold}; {seconds / 60:.1f} minutes in all.", "",
-             "| model | arch | d_sae | k | tokens | shared | with all | dec cos | enc cos | dec max | fvu | l0 | dead |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["# Seed sharing", "",
+             f"Model `{config.model}` ({', '.join(dict.fromkeys(r['model'] for r in rows))}), dataset "
+             f"`{config.dataset}`, seeds {config.seeds} ({len(config.seeds) * (len(config.seeds) - 1) // 2} pairs), "
+             f"threshold {config.threshold}; {seconds / 60:.1f} minutes in all.", "",
+             "`shared`: mean over seed pairs of the fraction of the first SAE's latents shared (both matched cosines >= "
+             "the threshold), with a 95% interval that resamples latents within each pair, and the range over pairs; "
+             "`live`: the same among latents that fire on the held-out tokens (`live %` of all).", "",
+             "| model | hook | arch | d_sae | k | tokens (unique, epochs) | shared [95% CI] | pairs min-max | "
+             "shared among live [95% CI] | live % | dec cos | enc cos | fvu | l0 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['architecture']} | {r['d_sae']} | {r['k'] or '-'} | {r['n_tokens']:,} | "
-                     f"{r['fraction_shared']:.3f} | {r['fraction_shared_with_all']:.3f} | {r['decoder_mean_cos']:.3f} | "
-                     f"{r['encoder_mean_cos']:.3f} | {r['decoder_mean_max_cos']:.3f} | {r['fvu']:.3f} | {r['l0']:.1f} | "
-                     f"{r['dead_fraction']:.3f} |")
+        arch = r["architecture"] if r["architecture"] != "relu" else f"relu (l1 {r['l1_coef']:g})"
+        lines.append(f"| {r['model']} | {r['hook']} | {arch} | {r['d_sae']:,} | {r['k'] or '-'} | {r['n_tokens']:,} "
+                     f"({r['unique_tokens']:,}, {r['epochs']:g}) | {r['fraction_shared']:.3f} [{r['shared_ci_low']:.3f}, "
+                     f"{r['shared_ci_high']:.3f}] | {r['pair_min']:.3f}-{r['pair_max']:.3f} | "
+                     f"{r['fraction_shared_live']:.3f} [{r['shared_live_ci_low']:.3f}, {r['shared_live_ci_high']:.3f}] | "
+                     f"{100 * r['live_fraction']:.0f} | {r['decoder_mean_cos']:.3f} | {r['encoder_mean_cos']:.3f} | "
+                     f"{r['fvu']:.3f} | {r['l0']:.1f} |")
     lines += ["", "## The paper's directions, and sanity checks", "",
-              f"`ours`: fraction shared at {config.threshold}; `decoder cos`: mean matched decoder cosine (no threshold).",
-              "", "| model | claim | ours | holds | decoder cos | holds | paper |", "|---|---|---|---|---|---|---|"]
+              "`ours`/`live`: [shared, CI low, CI high] per setting; a verdict is `yes` when the first and last "
+              "settings' intervals separate in the paper's direction, `NO` when they separate the other way, "
+              "`unclear` when they overlap. `decoder cos`: mean matched decoder cosine (no threshold, no interval).",
+              "", "| model | claim | ours | verdict | live | verdict | decoder cos | falls/rises | paper |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for c in checks:
-        cos = (json.dumps(c["decoder_cos"]), "yes" if c["holds_cos"] else "NO") if "decoder_cos" in c else ("", "")
-        lines.append(f"| {c['model']} | {c['claim']} | {json.dumps(c['ours'])} | {'yes' if c['holds'] else 'NO'} | "
-                     f"{cos[0]} | {cos[1]} | {c.get('paper', '')} |")
+        if "verdict" in c:
+            lines.append(f"| {c['model']} | {c['claim']} | {json.dumps(c['ours'])} | {c['verdict']} | "
+                         f"{json.dumps(c['live'])} | {c['verdict_live']} | {json.dumps(c['decoder_cos'])} | "
+                         f"{'yes' if c['holds_cos'] else 'NO'} | {c.get('paper', '')} |")
+        else:
+            lines.append(f"| {c['model']} | {c['claim']} | {json.dumps(c['ours'])} | "
+                         f"{'yes' if c['holds'] else 'NO'} | | | | | {c.get('paper', '')} |")
     (out / "report.md").write_text("\n".join(lines) + "\n")
     return out
 

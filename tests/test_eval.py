@@ -169,3 +169,47 @@ def test_cli_eval_prints_a_summary(setup, tmp_path, capsys):
     assert "ce_loss_recovered" in out and "fvu" in out
     assert main(["info", str(folder)]) == 0
     assert "eval.json" in capsys.readouterr().out
+
+
+def _with_training_record(setup, tmp_path, train_contexts):
+    """A random SAE saved with the provenance `saekit train` writes: trained on `train_contexts` of the cache."""
+    from saekit.data import read_manifest
+    from saekit.data.provenance import manifest_digest, training_provenance
+
+    root, cache, _ = setup
+    manifest = read_manifest(cache)
+    _, sae = random_sae(tmp_path)
+    folder = save_sae(sae, tmp_path / "trained-sae", provenance={**training_provenance(manifest, cache),
+                                                                 "train_contexts": list(train_contexts)})
+    assert manifest_digest(manifest)
+    return folder
+
+
+def test_evaluation_is_cut_to_the_contexts_the_sae_was_not_trained_on(setup, tmp_path):
+    _, cache, _ = setup
+    folder = _with_training_record(setup, tmp_path, (0, N_CONTEXTS - 4))
+    with pytest.warns(UserWarning, match="not trained on"):
+        result = evaluate(EvalConfig(sae=str(folder), cache=str(cache), n_tokens=20 * CTX, ce_contexts=0,
+                                     write=False), progress=False)
+    assert result["context_range"] == [N_CONTEXTS - 4, N_CONTEXTS]  # not the 20 contexts asked for
+    assert result["n_tokens"] == 4 * (CTX - 1)  # BOS positions dropped
+
+
+def test_an_explicit_first_context_inside_the_training_contexts_is_refused(setup, tmp_path):
+    _, cache, _ = setup
+    folder = _with_training_record(setup, tmp_path, (0, N_CONTEXTS - 4))
+    with pytest.raises(ValueError, match="first_context 10 .* trained on contexts \\[0, 36\\)"):
+        evaluate(EvalConfig(sae=str(folder), cache=str(cache), first_context=10, n_tokens=4 * CTX, ce_contexts=0,
+                            write=False), progress=False)
+    with pytest.warns(UserWarning, match="training contexts"):
+        result = evaluate(EvalConfig(sae=str(folder), cache=str(cache), first_context=10, n_tokens=4 * CTX,
+                                     ce_contexts=0, write=False, allow_training_contexts=True), progress=False)
+    assert result["context_range"] == [10, 14]
+
+
+def test_an_sae_trained_on_every_context_has_nothing_held_out(setup, tmp_path):
+    _, cache, _ = setup
+    folder = _with_training_record(setup, tmp_path, (0, N_CONTEXTS))
+    with pytest.raises(ValueError, match="nothing is held out"):
+        evaluate(EvalConfig(sae=str(folder), cache=str(cache), n_tokens=4 * CTX, ce_contexts=0, write=False),
+                 progress=False)

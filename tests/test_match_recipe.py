@@ -43,6 +43,10 @@ def test_a_micro_run_writes_tables_figures_and_the_closing_note(tmp_path):
     summary = json.loads((report / "summary.json").read_text())
     claims = [c["claim"] for c in summary["checks"]]
     assert any("falls as width grows" in c for c in claims) and any("ReLU-L1" in c for c in claims)
-    assert "| synthetic | topk | 32 | 2 |" in (report / "report.md").read_text()
+    assert "| synthetic | syn | topk | 32 | 2 | 4,096 (" in (report / "report.md").read_text()
+    assert (results.shared_ci_low <= results.fraction_shared + 1e-9).all()
+    assert (results.fraction_shared <= results.shared_ci_high + 1e-9).all()
+    assert results.fraction_shared_live.fillna(0).between(0, 1).all() and results.live_fraction.between(0, 1).all()
+    assert {c["verdict"] for c in summary["checks"] if "verdict" in c} <= {"yes", "NO", "unclear"}
     assert any("falls as k grows (d_sae=16)" in c for c in claims)
     assert (report / "figures.html").read_text().count("plotly") > 10

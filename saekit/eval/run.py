@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,8 @@ class EvalConfig:
     write: bool = doc("write eval.json and the histogram next to the SAE", True)
     allow_other_cache: bool = doc("evaluate on a cache of another model than the SAE was trained on "
                                   "(its cfg.json records the training cache)", False)
+    allow_training_contexts: bool = doc("with first_context: evaluate on contexts the SAE was trained on (warns) "
+                                        "instead of refusing", False)
 
 
 def _model_for(manifest: dict[str, Any], config: EvalConfig, device: torch.device) -> Any:
@@ -101,10 +104,7 @@ def evaluate(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
     cache = config.cache or _live_cache(config, sae)
     manifest = read_manifest(cache)
     hook = check_sae_against_cache(sae, manifest, cache, check_model=not config.allow_other_cache)
-    ctx_len, total = manifest["ctx_len"], manifest["n_contexts"]
-    n_contexts = min(total, max(1, -(-config.n_tokens // ctx_len)))
-    first = total - n_contexts if config.first_context < 0 else config.first_context
-    context_range = (first, min(total, first + n_contexts))
+    context_range = held_out_range(sae, manifest, config)
     started = time.time()
 
     store = ActivationStore(cache, hook, batch_size=config.batch_size, shuffle=False, context_range=context_range,
@@ -122,7 +122,7 @@ def evaluate(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
 
     if config.ce_contexts > 0:
         model = _model_for(manifest, config, device)
-        model_d = hook_dims(model, [hook], ctx_len)[hook]
+        model_d = hook_dims(model, [hook], manifest["ctx_len"])[hook]
         if model_d != sae.cfg.d_in:
             raise CacheError(f"SAE d_in {sae.cfg.d_in} does not match the model's {hook!r} width {model_d}")
         contexts = _context_tokens(cache, manifest, context_range, config.ce_contexts)
@@ -146,6 +146,37 @@ def evaluate(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
         write_json_atomic(out / EVAL_FILE, result)
         write_frequency_html(result, out / HISTOGRAM_FILE)
     return result
+
+
+def held_out_range(sae: SAE, manifest: dict[str, Any], config: EvalConfig) -> tuple[int, int]:
+    """The contexts [first, end) to evaluate: the cache's last n_tokens, cut to the contexts the SAE
+    was not trained on when its folder records them (`train_contexts` in saekit.provenance, on this
+    very cache); an explicit first_context inside them is refused unless allow_training_contexts."""
+    ctx_len, total = manifest["ctx_len"], manifest["n_contexts"]
+    n_contexts = min(total, max(1, -(-config.n_tokens // ctx_len)))
+    first = total - n_contexts if config.first_context < 0 else config.first_context
+    end = min(total, first + n_contexts)
+    provenance = getattr(sae, "provenance", None) or {}
+    trained = provenance.get("train_contexts")
+    if not trained or provenance.get("cache_digest") != manifest_digest(manifest):
+        return first, end
+    t0, t1 = trained
+    if max(first, t0) >= min(end, t1):
+        return first, end
+    if config.first_context >= 0:
+        what = (f"EvalConfig.first_context {config.first_context} with n_tokens {config.n_tokens:,} covers contexts "
+                f"[{first}, {end}) of {config.cache}, and the SAE was trained on contexts [{t0}, {t1})")
+        if not config.allow_training_contexts:
+            raise ValueError(f"{what}: metrics there are not held out; evaluate from context {t1} on, or pass "
+                             f"allow_training_contexts")
+        warnings.warn(f"{what}: evaluating on training contexts (allow_training_contexts)")
+        return first, end
+    if t1 >= total:
+        raise ValueError(f"{config.cache}: the SAE was trained on all {total} of its contexts: nothing is held out "
+                         f"to evaluate on (train with holdout_fraction > 0, or evaluate on another cache)")
+    warnings.warn(f"EvalConfig.n_tokens {config.n_tokens:,} is more than the {total - t1} contexts of {config.cache} "
+                  f"the SAE was not trained on ({(total - t1) * ctx_len:,} tokens): evaluating those only")
+    return max(first, t1), end
 
 
 def _output_dir(config: EvalConfig) -> Path:

@@ -312,7 +312,8 @@ def _finish(out: Path, step: int, tokens: int, members: list[Member], optimizer:
         folder = out / m.name
         if rank == 0:
             sae = copy.deepcopy(m.sae).cpu()
-            save_sae(sae, folder, provenance=training_provenance(store.manifest, config.cache))
+            save_sae(sae, folder, provenance={**training_provenance(store.manifest, config.cache),
+                                              "train_contexts": list(store.context_range)})
             dead = m.tokens_since_fired >= min(config.dead_tokens, tokens)
             metrics = {**logger.last.get(m.name, {}), "tokens": tokens, "steps": step,
                        "dead_fraction": float(dead.float().mean()), "activation_scale": scales[m.sae.cfg.hook_name]}
