@@ -31,6 +31,7 @@ from saekit.data.cache import hook_dims, resolve_device
 from saekit.data.provenance import check_same_model, manifest_digest
 from saekit.data.shards import shard_path
 from saekit.files import write_json_atomic
+from saekit.eval.extra import metric_names
 from saekit.eval.metrics import ReconstructionStats, log10_frequency_histogram
 from saekit.eval.splice import splice_losses
 from saekit.sae import SAE
@@ -62,6 +63,10 @@ class EvalConfig:
                                   "(its cfg.json records the training cache)", False)
     allow_training_contexts: bool = doc("with first_context: evaluate on contexts the SAE was trained on (warns) "
                                         "instead of refusing", False)
+    metrics: list[str] = doc("metrics to compute: core (reconstruction, sparsity, CE/KL) | absorption | "
+                             "sparse_probing, each optionally NAME:FIELD=VALUE,... (saekit.eval.extra; finished "
+                             "ones are kept in eval_metrics.json and skipped on a rerun)",
+                             default_factory=lambda: ["core"])
 
 
 def _model_for(manifest: dict[str, Any], config: EvalConfig, device: torch.device) -> Any:
@@ -90,10 +95,14 @@ def check_sae_against_cache(sae: SAE, manifest: dict[str, Any], cache: str | Pat
 def _live_cache(config: EvalConfig, sae: SAE) -> str:
     if not config.model:
         raise ValueError("saekit eval needs --cache CACHE_DIR, or --model NAME (and --dataset) to run live")
+    from saekit.models.processing import resolve_model_processing, spec_string
+
+    # the model processed as the SAE was trained (e.g. center_writing_weights for gpt2-small-res-jb)
+    processing = resolve_model_processing("auto", config.sae, sae, "EvalConfig.model")
     out = _output_dir(config) / "eval_cache"
     cache_activations(CacheConfig(out=str(out), model=config.model, init=config.init or "trained",
                                   dataset=config.dataset, hooks=[sae.cfg.hook_name], n_tokens=config.n_tokens,
-                                  device=config.device))
+                                  model_processing=spec_string(processing), device=config.device))
     return str(out)
 
 
@@ -104,6 +113,8 @@ def evaluate(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
     cache = config.cache or _live_cache(config, sae)
     manifest = read_manifest(cache)
     hook = check_sae_against_cache(sae, manifest, cache, check_model=not config.allow_other_cache)
+    if "core" not in metric_names(config.metrics):
+        return _extra_metrics_only(config, sae, manifest, hook, cache, device, progress)
     context_range = held_out_range(sae, manifest, config)
     started = time.time()
 
@@ -140,11 +151,44 @@ def evaluate(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
         "latent_frequency": stats.frequency().tolist(),  # [d_sae], read by saekit match
         "config": config_to_dict(config),
     })
+    result.update(_extra_metrics(config, sae, manifest, hook, device, progress))
     if config.write:
         out = _output_dir(config)
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / EVAL_FILE, result)
         write_frequency_html(result, out / HISTOGRAM_FILE)
+    return result
+
+
+def _extra_metrics(config: EvalConfig, sae: SAE, manifest: dict[str, Any], hook: str, device: torch.device,
+                   progress: bool) -> dict[str, Any]:
+    """The sections of the non-core metrics of config.metrics (saekit.eval.extra), model as for CE."""
+    from saekit.eval.extra import check_model_width, run_extra_metrics
+
+    def load() -> Any:
+        model = _model_for(manifest, config, device)
+        check_model_width(model, hook, sae.cfg.d_in, manifest["ctx_len"])
+        return model
+
+    return run_extra_metrics(config.metrics, sae, hook, manifest, load, _output_dir(config) if config.write else None,
+                             progress)
+
+
+def _extra_metrics_only(config: EvalConfig, sae: SAE, manifest: dict[str, Any], hook: str, cache: str | Path,
+                        device: torch.device, progress: bool) -> dict[str, Any]:
+    """--metrics without core: the sections added to the existing eval.json (its keys kept) or to a
+    new one holding only the SAE's identity."""
+    from saekit.eval.extra import merge_into_eval
+
+    sections = _extra_metrics(config, sae, manifest, hook, device, progress)
+    out = _output_dir(config)
+    base = {"sae": str(config.sae), "hook_name": hook, "architecture": sae.cfg.architecture, "d_in": sae.cfg.d_in,
+            "d_sae": sae.cfg.d_sae, "cache": str(cache), "model": manifest.get("model", {}),
+            "cache_digest": manifest_digest(manifest), "config": config_to_dict(config)}
+    result = merge_into_eval(out / EVAL_FILE, base, sections)
+    if config.write:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / EVAL_FILE, result)
     return result
 
 
@@ -227,12 +271,17 @@ def write_frequency_html(result: dict[str, Any], path: Path) -> Path:
 
 
 def summary_line(result: dict[str, Any]) -> str:
+    from saekit.eval.extra import summary_lines
+
+    if "fvu" not in result:  # --metrics without core, no earlier eval.json
+        return "\n".join([f"{result['sae']}:"] + summary_lines(result))
     parts = [f"fvu {result['fvu']:.4f}", f"cossim {result['cossim']:.4f}", f"l0 {result['l0']:.1f}",
              f"dead {result['dead_fraction']:.3f}", f"dense {result['dense_fraction']:.3f}"]
     if "ce_loss_score" in result:
         parts += [f"CE clean {result['ce_clean']:.4f} sae {result['ce_sae']:.4f} zero {result['ce_zero']:.4f}",
                   f"ce_loss_recovered {result['ce_loss_score']:.4f}", f"KL {result['kl_sae']:.4f}"]
-    return f"{result['sae']}: " + ", ".join(parts) + f" ({result['n_tokens']:,} tokens)"
+    return "\n".join([f"{result['sae']}: " + ", ".join(parts) + f" ({result['n_tokens']:,} tokens)"]
+                     + summary_lines(result))
 
 
 def load_eval(sae_dir: str | Path) -> dict[str, Any]:

@@ -151,3 +151,14 @@ def _colour(index: int) -> str:
     palette = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
                "#17becf")
     return palette[index % len(palette)]
+
+
+def eval_metric_figures(result: dict[str, Any]) -> dict[str, Any]:
+    """{metric: figure} of the probing sections of an eval.json dict (`absorption`, `sparse_probing`;
+    drawn by saekit.eval.absorption.absorption_figure and saekit.eval.probing.sparse_probing_figure),
+    for the sections it has."""
+    from saekit.eval.absorption import absorption_figure
+    from saekit.eval.probing import sparse_probing_figure
+
+    draw = {"absorption": absorption_figure, "sparse_probing": sparse_probing_figure}
+    return {name: fn(result[name]) for name, fn in draw.items() if isinstance(result.get(name), dict)}
