@@ -311,9 +311,19 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        print(f"saekit {args.verb}: error: {e}", file=sys.stderr)
+    except Exception as e:
+        message = _hub_message(e)
+        if message is None and not isinstance(e, (ValueError, FileNotFoundError, KeyError)):
+            raise
+        print(f"saekit {args.verb}: error: {message or e}", file=sys.stderr)
         return 2
+
+
+def _hub_message(error: BaseException) -> str | None:
+    """What a failed hub download was about, in words (saekit.hub.hub_error_message), or None."""
+    from saekit.hub import HubError, hub_error_message
+
+    return str(error) if isinstance(error, HubError) else hub_error_message(error)
 
 
 if __name__ == "__main__":

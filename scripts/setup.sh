@@ -10,6 +10,7 @@ VENV=.venv
 STAMP=$VENV/.saekit-setup-stamp
 want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
 if [ -x "$VENV/bin/python" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
+  bash scripts/setup_hub.sh  # the hub tests' server, in .venv-hub (quick when done)
   exit 0
 fi
 if [ ! -x "$VENV/bin/python" ]; then
@@ -28,3 +29,4 @@ fi
 echo "setup: installing saekit and its dependencies into $VENV"
 "$VENV/bin/pip" install -q -e ".[dev]"
 echo "$want" > "$STAMP"
+bash scripts/setup_hub.sh  # the hub tests' server, in .venv-hub (quick when done)

@@ -119,3 +119,15 @@ def small_train_config(cache, out, **changes):
                   normalize_sample_tokens=256, device="cpu")
     values.update(changes)
     return TrainConfig(**values)
+
+
+@pytest.fixture(scope="session")
+def local_hub(tmp_path_factory):
+    """The local Hugging Face hub of tests/hub: tiny repos in the hub's layout served by olah (a real
+    hub-protocol server, from .venv-hub) behind a loopback proxy, on free ports; stopped at the end.
+    Child processes reach it with `local_hub.env(home)` / `local_hub.run_saekit(...)` (docs/hub_fixture.md)."""
+    from hub.server import HubServer
+
+    server = HubServer(tmp_path_factory.mktemp("hub")).start()
+    yield server
+    server.stop()

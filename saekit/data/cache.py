@@ -26,7 +26,7 @@ from saekit.data.shards import (DTYPES, FORMAT, FORMAT_VERSION, MANIFEST, CacheE
                                 write_json_atomic)
 
 from saekit.data.provenance import IDENTITY_FIELDS as _IDENTITY_FIELDS
-from saekit.data.provenance import dataset_revisions, hub_dataset_texts, hub_model_revision, shards_sha256
+from saekit.data.provenance import dataset_revisions, hub_dataset_texts, hub_model_revision, hub_revision, shards_sha256
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
 
@@ -361,7 +361,7 @@ def cache_activations(config: CacheConfig, progress: bool = True) -> dict[str, A
     def encode(texts: list[str]) -> list[list[int]]:
         return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
-    if (revision := hub_model_revision(getattr(model, "saekit_info", {}))) is not None:
+    if (revision := model_revision(getattr(model, "saekit_info", {}))) is not None:
         model.saekit_info["revision"] = revision
     revisions = dataset_revisions(config.dataset)  # {} for local datasets: their bytes are hashed
     texts = hub_dataset_texts(config.dataset, config.split, config.text_field) if revisions.get("revision") \
@@ -375,6 +375,17 @@ def cache_activations(config: CacheConfig, progress: bool = True) -> dict[str, A
                        n_contexts, contexts_per_shard, config.dtype, config.batch_size, dataset_info,
                        prepend_bos, extra={"config": config_to_dict(config) | {"out": None, "device": None}},
                        progress=progress, compute_dtype=config.compute_dtype)
+
+
+def model_revision(info: dict[str, Any]) -> str | None:
+    """The commit of a hub model's weights in the local HF cache: that of the branch they came from
+    (`hub_revision` in saekit_info: init step0's `step0`) or else of main; None for other sources."""
+    branch = info.get("hub_revision")
+    if info.get("source_kind") != "hub" or not branch:
+        return hub_model_revision(info)
+    from transformer_lens.loading_from_pretrained import get_official_model_name
+
+    return hub_revision(get_official_model_name(str(info["source"])), "model", branch)
 
 
 def _model_source(name: str) -> Any:

@@ -48,6 +48,7 @@ from tokenizers import Tokenizer
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from saekit.hub import HubError, hub_error_message, hub_token  # noqa: F401 (re-exported)
 from saekit.files import file_sha256
 from saekit.models.gguf import HF_TOKENIZER_DIR, PACKAGED_MODELS, gguf_model_dir, is_gguf_source
 from saekit.models.processing import process_model, processing_flags
@@ -262,10 +263,22 @@ def add_gaussian_embedding_noise(model: HookedTransformer, seed: int,
     return model.embed.register_forward_hook(replace_with_noise)
 
 
-def _hub_model(name: str, init: str, device: str, dtype: torch.dtype) -> HookedTransformer:
+def step0_revision(official_name: str) -> str | None:
+    """The hub revision (git branch) holding the step-0 checkpoint of a TransformerLens official model:
+    `step0` for Pythia, `checkpoint-0` for stanford-crfm GPT-2; None for NeelNanda's models (their
+    checkpoints are files on main, which TransformerLens downloads itself)."""
+    if official_name.startswith("EleutherAI/pythia"):
+        return "step0"
+    if official_name.startswith("stanford-crfm/"):
+        return "checkpoint-0"
+    return None
+
+
+def _hub_model(name: str, init: str, device: str, dtype: torch.dtype) -> tuple[HookedTransformer, str | None]:
+    """(the TransformerLens model `name` as `init` from the hub, the hub revision its weights came from)."""
     if init != "step0":
-        return HookedTransformer.from_pretrained_no_processing(name, device=device, dtype=dtype)
-    from transformer_lens.loading_from_pretrained import get_checkpoint_labels
+        return HookedTransformer.from_pretrained_no_processing(name, device=device, dtype=dtype), None
+    from transformer_lens.loading_from_pretrained import get_checkpoint_labels, get_official_model_name
 
     try:
         labels, _ = get_checkpoint_labels(name)
@@ -274,7 +287,19 @@ def _hub_model(name: str, init: str, device: str, dtype: torch.dtype) -> HookedT
                          f"load (Pythia, stanford-crfm GPT-2 and NeelNanda models do): {e}") from None
     if 0 not in labels:
         raise ValueError(f"init='step0': {name} has no step-0 checkpoint (first: {labels[0]})")
-    return HookedTransformer.from_pretrained_no_processing(name, checkpoint_value=0, device=device, dtype=dtype)
+    official = get_official_model_name(name)
+    revision = step0_revision(official)
+    if revision is None:
+        return HookedTransformer.from_pretrained_no_processing(name, checkpoint_value=0, device=device,
+                                                               dtype=dtype), None
+    # The weights of the revision are loaded here and handed over: TransformerLens's own checkpoint path
+    # sends token="" for Pythia when HF_TOKEN is unset, an 'Authorization: Bearer ' header httpx refuses.
+    from transformers import AutoModelForCausalLM
+
+    hf_model = AutoModelForCausalLM.from_pretrained(official, revision=revision, dtype=dtype, token=hub_token())
+    model = HookedTransformer.from_pretrained_no_processing(name, hf_model=hf_model, device=device, dtype=dtype)
+    del hf_model
+    return model, revision
 
 
 def _folder_tokenizer(path: Path) -> PreTrainedTokenizerBase | None:
@@ -367,8 +392,16 @@ def load_model(
     elif isinstance(source, Path) or str(source).startswith((".", "/", "~")):
         raise FileNotFoundError(f"model folder {source} does not exist")
     else:
-        trained = _hub_model(str(source), init, device, dtype)
+        try:
+            trained, revision = _hub_model(str(source), init, device, dtype)
+        except Exception as error:
+            message = hub_error_message(error)
+            if message is None:
+                raise
+            raise HubError(f"load_model({str(source)!r}, init={init!r}): {message}") from error
         info.update(source=str(source), source_kind="hub")
+        if revision is not None:
+            info["hub_revision"] = revision  # the git branch the step-0 weights came from
 
     if init in ("random", "random-keep-embeddings") and info.get("source_kind") not in ("local", "gguf"):
         model = _randomised(trained, seed, keep_embeddings=init == "random-keep-embeddings")

@@ -177,7 +177,18 @@ def load_sparsify_hub(repo: str, hookpoint: str | None = None, device: str | tor
     # A TransformerLens hook name says nothing about the folder: download the repo and match it there.
     patterns = [f"{hookpoint}/*"] if hookpoint and not hookpoint.startswith("blocks.") else None
     root = Path(snapshot_download(repo, allow_patterns=patterns))
+    if patterns and not (root / hookpoint).is_dir():
+        raise FileNotFoundError(f"sparsify hub repo {repo!r} has no hookpoint {hookpoint!r}; it holds: "
+                                f"{', '.join(hub_hookpoints(repo)) or 'no <hookpoint>/cfg.json at all'}")
     return load_sae_folder(root, hookpoint, device, allow_pickle)
+
+
+def hub_hookpoints(repo: str) -> list[str]:
+    """The hookpoints (folders with a cfg.json) of a sparsify hub repo, from its file list."""
+    from huggingface_hub import HfApi
+
+    files = HfApi().list_repo_files(repo)
+    return sorted({f.rsplit("/", 1)[0] for f in files if f.endswith("/" + CFG_FILENAME)})
 
 
 def output_dir_for(source: str, hookpoint: str | None = None) -> Path:
