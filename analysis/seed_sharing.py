@@ -48,8 +48,8 @@ class SeedSharingConfig:
     caches: dict[str, str] = doc("existing caches by label instead of caching the model ({label = path})",
                                  default_factory=dict)
     hook: str = doc("hook point of the whole grid", "blocks.1.hook_resid_post")
-    extra_hooks: list[str] = doc("more hook points (layers), cached too, where only the width sweep (first k) "
-                                 "is trained", default_factory=list)
+    extra_hooks: list[str] = doc("more hook points (layers), cached too, where TopK at the smallest width and at "
+                                 "sweep_width (first k) is trained", default_factory=list)
     dataset: str = doc("dataset to cache", "stdlib-docstrings")
     cache_tokens: int = doc("tokens to cache per model", 300_000)
     cache_dtype: str = doc("dtype of the cached activations: float32 | float16 | bfloat16", "float32")
@@ -66,6 +66,8 @@ class SeedSharingConfig:
     lr: float | None = doc("Adam learning rate (None: the trainer's default for each width)", None)
     dead_tokens: int = doc("tokens without firing before a latent counts as dead (AuxK revives it)", 20_000)
     threshold: float = doc("shared-latent cosine threshold", 0.7)
+    report_only: bool = doc("rebuild report/ from the finished training and match folders (no training, no "
+                            "matching)", False)
     match_tokens: int = doc("held-out cache tokens for latent frequencies (live = fires there) and "
                             "activation correlations", 50_000)
     n_boot: int = doc("bootstrap resamples of the intervals", 1000)
@@ -101,8 +103,11 @@ def build_caches(config: SeedSharingConfig) -> dict[str, str]:
 def train_runs(config: SeedSharingConfig) -> list[dict[str, Any]]:
     """The training runs per cache: name, architecture, hooks, d_sae, k and n_tokens lists."""
     longest, k0, hook = max(config.tokens), config.ks[0], [config.hook]
-    runs = [{"name": "topk", "architecture": "topk", "hooks": hook + config.extra_hooks, "d_sae": config.widths,
-             "k": [k0], "n_tokens": longest}]
+    runs = [{"name": "topk", "architecture": "topk", "hooks": hook, "d_sae": config.widths, "k": [k0],
+             "n_tokens": longest}]
+    if config.extra_hooks:  # the other layers: the smallest and the sweep width
+        runs.append({"name": "topk-layers", "architecture": "topk", "hooks": config.extra_hooks,
+                     "d_sae": sorted({min(config.widths), config.sweep_width}), "k": [k0], "n_tokens": longest})
     if len(config.ks) > 1:
         runs.append({"name": "topk-k", "architecture": "topk", "hooks": hook, "d_sae": [config.sweep_width],
                      "k": config.ks[1:], "n_tokens": longest})
@@ -132,23 +137,31 @@ def train_and_match(config: SeedSharingConfig, label: str, cache: str) -> list[d
     for run in train_runs(config):
         out = Path(config.out) / "train" / label / run["name"]
         started = time.time()
-        train(TrainConfig(cache=cache, out=str(out), hooks=run["hooks"], architecture=run["architecture"],
-                          d_sae=run["d_sae"], k=run["k"], seeds=config.seeds, sae=run.get("sae", {}),
-                          n_tokens=run["n_tokens"], batch_size=config.batch_size, lr=config.lr, checkpoint_every=0,
-                          warmup_steps=50, dead_tokens=config.dead_tokens, device=config.device), progress=True)
+        if not config.report_only:
+            train(TrainConfig(cache=cache, out=str(out), hooks=run["hooks"], architecture=run["architecture"],
+                              d_sae=run["d_sae"], k=run["k"], seeds=config.seeds, sae=run.get("sae", {}),
+                              n_tokens=run["n_tokens"], batch_size=config.batch_size, lr=config.lr,
+                              checkpoint_every=0, warmup_steps=50, dead_tokens=config.dead_tokens,
+                              device=config.device), progress=True)
         seconds = time.time() - started
-        print(f"[seed-sharing] {label}/{run['name']}: trained in {seconds:.0f} s", flush=True)
+        if not config.report_only:
+            print(f"[seed-sharing] {label}/{run['name']}: trained in {seconds:.0f} s", flush=True)
         for hook, d_sae, k in ((h, d, k) for h in run["hooks"] for d in run["d_sae"] for k in run["k"]):
             suffix = f"-k{k}" if run["architecture"] == "topk" else ""
             saes = [str(out / hook / f"{run['architecture']}-{d_sae}{suffix}-seed{s}") for s in config.seeds]
             where = "" if hook == config.hook else f"{hook}/"
             match_dir = Path(config.out) / "match" / label / f"{where}{run['name']}-{d_sae}{suffix}"
-            summary = match_saes(MatchConfig(saes=saes, out=str(match_dir), threshold=config.threshold,
-                                             device=config.device, cache=cache, n_tokens=config.match_tokens,
-                                             table_format="csv"), progress=False)
+            if config.report_only:
+                summary = json.loads((match_dir / "match.json").read_text())
+            else:
+                summary = match_saes(MatchConfig(saes=saes, out=str(match_dir), threshold=config.threshold,
+                                                 device=config.device, cache=cache, n_tokens=config.match_tokens,
+                                                 table_format="csv"), progress=False)
             row = result_row(label, run, d_sae, k, saes, summary, match_dir, config)
             row.update(hook=hook, unique_tokens=min(unique, run["n_tokens"]),
-                       epochs=round(run["n_tokens"] / unique, 2), train_seconds=round(seconds, 1))
+                       epochs=round(max(1.0, run["n_tokens"] / unique), 2))
+            if not config.report_only:
+                row["train_seconds"] = round(seconds, 1)
             rows.append(row)
             print(f"[seed-sharing] {label} {hook} {run['architecture']} d_sae={d_sae} k={k} "
                   f"tokens={run['n_tokens']:,}: shared {row['fraction_shared']:.3f} "
@@ -163,12 +176,13 @@ def pair_fractions(match_dir: Path, threshold: float) -> dict[str, list[np.ndarr
     import pandas as pd
 
     table = pd.read_csv(match_dir / "latents.csv")
-    out: dict[str, list[np.ndarray]] = {"all": [], "live": []}
+    out: dict[str, list[np.ndarray]] = {"all": [], "live": [], "decoder_cos": []}
     for name, part in table.groupby("pair", sort=True):
         side = part[part["sae"] == int(str(name).split("-")[0])]
         shared = side["shared"].astype(bool).to_numpy()
         out["all"].append(shared)
         out["live"].append(shared[side["frequency"].fillna(0).to_numpy() > 0])
+        out["decoder_cos"].append(side["decoder_cos"].to_numpy(dtype=float))
     return out
 
 
@@ -183,6 +197,7 @@ def result_row(label: str, run: dict[str, Any], d_sae: int, k: int, saes: list[s
     flags = pair_fractions(match_dir, config.threshold)
     shared = grouped_fraction_ci(flags["all"], config.n_boot)
     live = grouped_fraction_ci(flags["live"], config.n_boot)
+    cos = grouped_fraction_ci(flags["decoder_cos"], config.n_boot)  # the mean of floats, the same bootstrap
     per_pair = [float(f.mean()) for f in flags["all"]]
 
     def mean(get: Any) -> float:
@@ -199,6 +214,7 @@ def result_row(label: str, run: dict[str, Any], d_sae: int, k: int, saes: list[s
         "pair_min": min(per_pair), "pair_max": max(per_pair),
         "fraction_shared_live": live[0], "shared_live_ci_low": live[1], "shared_live_ci_high": live[2],
         "live_fraction": float(np.mean([f.size for f in flags["live"]]) / d_sae),
+        "decoder_cos_ci_low": cos[1], "decoder_cos_ci_high": cos[2],
         "fraction_shared_with_all": summary["seeds"]["reference"]["fraction_shared_with_all"],
         "decoder_mean_cos": mean(lambda p: p["decoder"]["mean_matched_cos"]),
         "encoder_mean_cos": mean(lambda p: p["encoder"]["mean_matched_cos"]),
@@ -234,7 +250,9 @@ def _trend(model: str, claim: str, paper: str, ordered: list[dict[str, Any]], ke
             return r["fraction_shared_live"], r["shared_live_ci_low"], r["shared_live_ci_high"]
         return r["fraction_shared"], r["shared_ci_low"], r["shared_ci_high"]
     cosines = [r["decoder_mean_cos"] for r in ordered]
-    cos_holds = cosines[0] > cosines[-1] if falls else cosines[-1] > cosines[0]
+
+    def cos_interval(r: dict[str, Any]) -> tuple[float, float, float]:
+        return r["decoder_mean_cos"], r.get("decoder_cos_ci_low", np.nan), r.get("decoder_cos_ci_high", np.nan)
     return {"model": model, "claim": claim, "paper": paper,
             "ours": {lab: [round(v, 3) for v in interval(r)] for lab, r in zip(labels, ordered)},
             "live": {lab: [round(v, 3) for v in interval(r, True)] for lab, r in zip(labels, ordered)},
@@ -242,7 +260,8 @@ def _trend(model: str, claim: str, paper: str, ordered: list[dict[str, Any]], ke
             "verdict": direction_verdict(interval(ordered[0]), interval(ordered[-1]), falls),
             "verdict_live": direction_verdict(interval(ordered[0], True), interval(ordered[-1], True), falls),
             "holds": direction_verdict(interval(ordered[0]), interval(ordered[-1]), falls) == "yes",
-            "holds_cos": bool(cos_holds)}
+            "verdict_cos": direction_verdict(cos_interval(ordered[0]), cos_interval(ordered[-1]), falls),
+            "holds_cos": direction_verdict(cos_interval(ordered[0]), cos_interval(ordered[-1]), falls) == "yes"}
 
 
 def nearest_l0(topk: list[dict[str, Any]], relu: dict[str, Any]) -> dict[str, Any] | None:
@@ -273,8 +292,8 @@ def directions(rows: list[dict[str, Any]], config: SeedSharingConfig) -> list[di
         by_tokens = sorted(_sel(main, architecture="topk", d_sae=config.sweep_width, k=k0),
                            key=lambda r: r["n_tokens"])
         if len(by_tokens) > 1:
-            checks.append(_trend(model, "rises with unique training tokens", PAPER["tokens"], by_tokens, "n_tokens",
-                                 False))
+            checks.append(_trend(model, "rises with training tokens (unique tokens and epochs: see the table)",
+                                 PAPER["tokens"], by_tokens, "n_tokens", False))
         for relu in _sel(main, architecture="relu"):
             same = nearest_l0(_sel(topk, d_sae=config.sweep_width), relu)
             if same:
@@ -375,7 +394,7 @@ def write_report(rows: list[dict[str, Any]], config: SeedSharingConfig, out: Pat
              "the threshold), with a 95% interval that resamples latents within each pair, and the range over pairs; "
              "`live`: the same among latents that fire on the held-out tokens (`live %` of all).", "",
              "| model | hook | arch | d_sae | k | tokens (unique, epochs) | shared [95% CI] | pairs min-max | "
-             "shared among live [95% CI] | live % | dec cos | enc cos | fvu | l0 |",
+             "shared among live [95% CI] | live % | dec cos [95% CI] | enc cos | fvu | l0 |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         arch = r["architecture"] if r["architecture"] != "relu" else f"relu (l1 {r['l1_coef']:g})"
@@ -383,19 +402,21 @@ def write_report(rows: list[dict[str, Any]], config: SeedSharingConfig, out: Pat
                      f"({r['unique_tokens']:,}, {r['epochs']:g}) | {r['fraction_shared']:.3f} [{r['shared_ci_low']:.3f}, "
                      f"{r['shared_ci_high']:.3f}] | {r['pair_min']:.3f}-{r['pair_max']:.3f} | "
                      f"{r['fraction_shared_live']:.3f} [{r['shared_live_ci_low']:.3f}, {r['shared_live_ci_high']:.3f}] | "
-                     f"{100 * r['live_fraction']:.0f} | {r['decoder_mean_cos']:.3f} | {r['encoder_mean_cos']:.3f} | "
+                     f"{100 * r['live_fraction']:.0f} | {r['decoder_mean_cos']:.3f} [{r['decoder_cos_ci_low']:.3f}, "
+                     f"{r['decoder_cos_ci_high']:.3f}] | {r['encoder_mean_cos']:.3f} | "
                      f"{r['fvu']:.3f} | {r['l0']:.1f} |")
     lines += ["", "## The paper's directions, and sanity checks", "",
               "`ours`/`live`: [shared, CI low, CI high] per setting; a verdict is `yes` when the first and last "
               "settings' intervals separate in the paper's direction, `NO` when they separate the other way, "
-              "`unclear` when they overlap. `decoder cos`: mean matched decoder cosine (no threshold, no interval).",
-              "", "| model | claim | ours | verdict | live | verdict | decoder cos | falls/rises | paper |",
+              "`unclear` when they overlap. `decoder cos`: mean matched decoder cosine (no threshold; its verdict "
+              "uses the same latent bootstrap).",
+              "", "| model | claim | ours | verdict | live | verdict | decoder cos | verdict | paper |",
               "|---|---|---|---|---|---|---|---|---|"]
     for c in checks:
         if "verdict" in c:
             lines.append(f"| {c['model']} | {c['claim']} | {json.dumps(c['ours'])} | {c['verdict']} | "
                          f"{json.dumps(c['live'])} | {c['verdict_live']} | {json.dumps(c['decoder_cos'])} | "
-                         f"{'yes' if c['holds_cos'] else 'NO'} | {c.get('paper', '')} |")
+                         f"{c['verdict_cos']} | {c.get('paper', '')} |")
         else:
             lines.append(f"| {c['model']} | {c['claim']} | {json.dumps(c['ours'])} | "
                          f"{'yes' if c['holds'] else 'NO'} | | | | | {c.get('paper', '')} |")

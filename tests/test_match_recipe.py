@@ -48,5 +48,16 @@ def test_a_micro_run_writes_tables_figures_and_the_closing_note(tmp_path):
     assert (results.fraction_shared <= results.shared_ci_high + 1e-9).all()
     assert results.fraction_shared_live.fillna(0).between(0, 1).all() and results.live_fraction.between(0, 1).all()
     assert {c["verdict"] for c in summary["checks"] if "verdict" in c} <= {"yes", "NO", "unclear"}
+    assert {c["verdict_cos"] for c in summary["checks"] if "verdict_cos" in c} <= {"yes", "NO", "unclear"}
+    # --report-only rebuilds the same table from the folders, training and matching nothing
+    sae = next((tmp_path / "run" / "train" / "synthetic" / "topk" / "syn").iterdir())
+    stamp = (sae / "cfg.json").stat().st_mtime_ns
+    assert seed_sharing.main([
+        "--out", str(tmp_path / "run"), "--caches", json.dumps({"synthetic": str(tmp_path / "cache")}),
+        "--hook", "syn", "--widths", "16", "32", "--ks", "2", "4", "--sweep-width", "16",
+        "--tokens", "2048", "4096", "--batch-size", "256", "--device", "cpu", "--report-only", "true"]) == 0
+    again = pd.read_csv(report / "results.csv")
+    assert (sae / "cfg.json").stat().st_mtime_ns == stamp
+    pd.testing.assert_frame_equal(again, results.drop(columns=["train_seconds"]))
     assert any("falls as k grows (d_sae=16)" in c for c in claims)
     assert (report / "figures.html").read_text().count("plotly") > 10
