@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from saekit.match.assign import DEFAULT_BLOCK_ROWS, Assignment, assign
-from saekit.match.similarity import cosines_of_pairs, decoder_directions, encoder_directions
+from saekit.match.similarity import Blocks, cosines_of_pairs, decoder_directions, encoder_directions
 from saekit.sae import SAE
 
 DEFAULT_THRESHOLD = 0.7
@@ -75,9 +75,13 @@ class PairMatch:
 
 
 def match_directions(dec_a: Tensor, enc_a: Tensor, dec_b: Tensor, enc_b: Tensor, method: str = "auto",
-                     exact_max: int = 8192, candidates: int = 16, block_rows: int = DEFAULT_BLOCK_ROWS,
+                     exact_max: int = 8192, candidates: int = 16, block_rows: int | Blocks = DEFAULT_BLOCK_ROWS,
                      device: str | torch.device = "cpu") -> PairMatch:
-    """Match unit directions dec_a/enc_a [n_a, d] with dec_b/enc_b [n_b, d] (see module docstring)."""
+    """Match unit directions dec_a/enc_a [n_a, d] with dec_b/enc_b [n_b, d] (see module docstring).
+
+    Cosines are computed on `device` in streamed blocks (block_rows: a row cap or a `Blocks` plan);
+    nothing of size n_a * n_b is kept unless the exact method runs.
+    """
     swapped = dec_b.shape[0] < dec_a.shape[0]
     if swapped:
         dec_a, enc_a, dec_b, enc_b = dec_b, enc_b, dec_a, enc_a

@@ -7,7 +7,9 @@ NaN of 0/0 into 0).
 
 Nothing here holds the whole [n_a, n_b] matrix unless asked to (`cosine_matrix`): `top_candidates`
 streams row blocks of A against all of B on the device and keeps, per row and per column, the m
-largest cosines; `row_slack` recomputes chosen rows for the optimality check of `assign.py`.
+largest cosines; `row_slack` recomputes chosen rows for the optimality check of `certificate.py`.
+Every streamed block is at most `Blocks.elements` cosines (rows = elements // n_b), so the memory
+of these passes does not grow with n; what they keep is O(n * m).
 """
 
 from __future__ import annotations
@@ -23,7 +25,40 @@ from torch import Tensor
 from saekit.sae import SAE
 
 DEFAULT_BLOCK_ROWS = 4096
-MAX_BLOCK_ELEMENTS = 2**28  # one [rows, n_b] float32 block is at most 1 GiB
+# one streamed [rows, n_b] block holds at most this many cosines (32 MiB in float32) whatever n_b is,
+# so the memory of each blockwise pass is bounded by a constant, not by block_rows * n_b
+DEFAULT_BLOCK_ELEMENTS = 2**23
+CUDA_BLOCK_ELEMENTS = 2**26  # on a GPU: 256 MiB blocks of device memory, fewer kernel launches
+
+
+@dataclass
+class Blocks:
+    """How the [n_a, n_b] cosine matrix is streamed: blocks of at most `rows` rows and `elements` cosines.
+
+    `largest` records the most elements (rows * n_cols) of any block handed out so far, so tests and
+    benchmarks can check the bound on what was actually computed, not on what was asked for.
+    """
+
+    rows: int = DEFAULT_BLOCK_ROWS
+    elements: int = DEFAULT_BLOCK_ELEMENTS
+    largest: int = 0
+
+    def slices(self, n: int, n_cols: int) -> Iterator[slice]:
+        """Slices of n rows, each at most `rows` rows and at most max(1, elements // n_cols) rows."""
+        step = max(1, min(self.rows, self.elements // max(n_cols, 1)))
+        for start in range(0, n, step):
+            stop = min(n, start + step)
+            self.largest = max(self.largest, (stop - start) * n_cols)
+            yield slice(start, stop)
+
+
+def as_blocks(block_rows: int | Blocks, device: str | torch.device = "cpu") -> Blocks:
+    """`block_rows` as a Blocks plan: an int caps the rows, with the default element budget of the
+    device (CUDA_BLOCK_ELEMENTS on a GPU, whose memory the host bound does not involve)."""
+    if isinstance(block_rows, Blocks):
+        return block_rows
+    cuda = torch.device(device).type == "cuda"
+    return Blocks(rows=int(block_rows), elements=CUDA_BLOCK_ELEMENTS if cuda else DEFAULT_BLOCK_ELEMENTS)
 
 
 def unit_rows(directions: Tensor) -> Tensor:
@@ -58,21 +93,14 @@ def full_precision(device: torch.device) -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32 = before
 
 
-def _row_blocks(n: int, block_rows: int, n_cols: int = 1) -> Iterator[slice]:
-    """Slices of at most block_rows rows, fewer when a [rows, n_cols] block would pass MAX_BLOCK_ELEMENTS."""
-    block_rows = max(1, min(block_rows, MAX_BLOCK_ELEMENTS // max(n_cols, 1)))
-    for start in range(0, n, block_rows):
-        yield slice(start, min(n, start + block_rows))
-
-
-def cosine_matrix(a: Tensor, b: Tensor, block_rows: int = DEFAULT_BLOCK_ROWS,
+def cosine_matrix(a: Tensor, b: Tensor, block_rows: int | Blocks = DEFAULT_BLOCK_ROWS,
                   device: str | torch.device = "cpu") -> np.ndarray:
     """The dense cosine matrix [n_a, n_b] float32 (numpy, in host memory) of unit rows a [n_a, d], b [n_b, d]."""
     device = torch.device(device)
     out = np.empty((a.shape[0], b.shape[0]), dtype=np.float32)
     b_dev = b.to(device)
     with torch.no_grad(), full_precision(device):
-        for rows in _row_blocks(a.shape[0], block_rows, b.shape[0]):
+        for rows in as_blocks(block_rows, device).slices(a.shape[0], b.shape[0]):
             out[rows] = (a[rows].to(device) @ b_dev.T).cpu().numpy()
     return out
 
@@ -82,6 +110,7 @@ class Candidates:
     """The m largest cosines of every row and every column of the [n_a, n_b] cosine matrix.
 
     Any pair (i, j) outside both lists has cosine <= min(row_floor[i], col_floor[j]).
+    Memory: n_a * m + m * n_b entries of 12 bytes (float32 value, int64 index).
     """
 
     row_values: np.ndarray  # [n_a, m] float32, descending
@@ -111,41 +140,45 @@ class Candidates:
         return rows[first], cols[first], sims[first]
 
 
-def top_candidates(a: Tensor, b: Tensor, m: int, block_rows: int = DEFAULT_BLOCK_ROWS,
-                   device: str | torch.device = "cpu") -> Candidates:
-    """Top-m cosines per row and per column of a [n_a, d] @ b [n_b, d].T, one row block at a time.
+def _top_per_row(a: Tensor, b: Tensor, m: int, blocks: Blocks, device: torch.device
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(values [n_a, m] float32 descending, indices [n_a, m] int64) of the m largest a_i . b_j per row,
+    streamed over row blocks of a [n_a, d] against b [n_b, d] (one block of <= blocks.elements at once)."""
+    n_a, n_b = a.shape[0], b.shape[0]
+    values = np.empty((n_a, m), dtype=np.float32)
+    indices = np.empty((n_a, m), dtype=np.int64)
+    b_dev = b.to(device)
+    for rows in blocks.slices(n_a, n_b):
+        top, where = (a[rows].to(device) @ b_dev.T).topk(m, dim=1)  # [block, n_b] -> [block, m]
+        values[rows], indices[rows] = top.cpu().numpy(), where.cpu().numpy()
+    return values, indices
 
-    Memory on the device: b, one [block_rows, n_b] block and the running [m, n_b] column lists.
+
+def top_candidates(a: Tensor, b: Tensor, m: int, block_rows: int | Blocks = DEFAULT_BLOCK_ROWS,
+                   device: str | torch.device = "cpu") -> Candidates:
+    """Top-m cosines per row and per column of a [n_a, d] @ b [n_b, d].T, one block at a time.
+
+    Two streamed passes: A's row blocks against B (row lists), then B's row blocks against A (column
+    lists; a topk along contiguous rows, faster on CPU than one along the columns of the first
+    pass's blocks). Memory on the device: a, b and one block of at most `Blocks.elements` cosines.
     """
     device = torch.device(device)
-    n_a, n_b = a.shape[0], b.shape[0]
-    m_row, m_col = min(m, n_b), min(m, n_a)
-    b_dev = b.to(device)
-    row_values = np.empty((n_a, m_row), dtype=np.float32)
-    row_indices = np.empty((n_a, m_row), dtype=np.int64)
-    col_values = torch.full((0, n_b), -np.inf, device=device)
-    col_indices = torch.zeros((0, n_b), dtype=torch.int64, device=device)
+    blocks = as_blocks(block_rows, device)
     with torch.no_grad(), full_precision(device):
-        for rows in _row_blocks(n_a, block_rows, n_b):
-            block = a[rows].to(device) @ b_dev.T  # [block, n_b]
-            values, indices = block.topk(m_row, dim=1)
-            row_values[rows], row_indices[rows] = values.cpu().numpy(), indices.cpu().numpy()
-            # topk along contiguous rows of the transposed block: ~2.5x faster on CPU than along dim 0
-            values, indices = block.T.contiguous().topk(min(m_col, block.shape[0]), dim=1)
-            merged = torch.cat([col_values, values.T])
-            merged_indices = torch.cat([col_indices, indices.T + rows.start])
-            col_values, order = merged.topk(min(m_col, merged.shape[0]), dim=0)
-            col_indices = merged_indices.gather(0, order)
-    return Candidates(row_values, row_indices, col_values.cpu().numpy(), col_indices.cpu().numpy())
+        row_values, row_indices = _top_per_row(a, b, min(m, b.shape[0]), blocks, device)
+        col_values, col_indices = _top_per_row(b, a, min(m, a.shape[0]), blocks, device)
+    return Candidates(row_values, row_indices, np.ascontiguousarray(col_values.T),
+                      np.ascontiguousarray(col_indices.T))
 
 
 def row_slack(a: Tensor, b: Tensor, rows: np.ndarray, col_offset: np.ndarray, n_keep: int,
-              block_rows: int = DEFAULT_BLOCK_ROWS, device: str | torch.device = "cpu"
+              block_rows: int | Blocks = DEFAULT_BLOCK_ROWS, device: str | torch.device = "cpu"
               ) -> tuple[np.ndarray, np.ndarray]:
     """For each chosen row i: the n_keep largest cos(a_i, b_j) - col_offset[j] and their columns j.
 
-    Returns (values [len(rows), n_keep] float64, columns [len(rows), n_keep] int64); assign.py uses
-    it to find the pairs that break a dual solution (col_offset = the column duals).
+    Returns (values [len(rows), n_keep] float64, columns [len(rows), n_keep] int64); certificate.py
+    uses it to find the pairs that break a dual solution (col_offset = the column duals). Memory: one
+    float32 and one float64 block of at most `Blocks.elements` entries, plus the outputs.
     """
     device = torch.device(device)
     n_keep = min(n_keep, b.shape[0])
@@ -154,19 +187,21 @@ def row_slack(a: Tensor, b: Tensor, rows: np.ndarray, col_offset: np.ndarray, n_
     values = np.empty((len(rows), n_keep), dtype=np.float64)
     columns = np.empty((len(rows), n_keep), dtype=np.int64)
     with torch.no_grad(), full_precision(device):
-        for part in _row_blocks(len(rows), block_rows, b.shape[0]):
+        for part in as_blocks(block_rows, device).slices(len(rows), b.shape[0]):
             index = torch.as_tensor(rows[part], device=a.device)
-            slack = (a[index].to(device) @ b_dev.T).double() - offset
+            slack = (a[index].to(device) @ b_dev.T).double()
+            slack -= offset  # in place: one float64 block, not two
             top, where = slack.topk(n_keep, dim=1)
             values[part], columns[part] = top.cpu().numpy(), where.cpu().numpy()
     return values, columns
 
 
-def cosines_of_pairs(a: Tensor, b: Tensor, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """[len(rows)] float32 cos(a[rows[t]], b[cols[t]]), without forming any matrix."""
-    if len(rows) == 0:
-        return np.zeros(0, dtype=np.float32)
-    r = torch.as_tensor(rows, dtype=torch.int64)
-    c = torch.as_tensor(cols, dtype=torch.int64)
+def cosines_of_pairs(a: Tensor, b: Tensor, rows: np.ndarray, cols: np.ndarray, chunk: int = 2**16) -> np.ndarray:
+    """[len(rows)] float32 cos(a[rows[t]], b[cols[t]]), without forming any matrix (chunk pairs at a time)."""
+    out = np.zeros(len(rows), dtype=np.float32)
     with torch.no_grad():
-        return (a[r].float() * b[c].float()).sum(dim=1).numpy()
+        for start in range(0, len(rows), chunk):
+            r = torch.as_tensor(rows[start:start + chunk], dtype=torch.int64)
+            c = torch.as_tensor(cols[start:start + chunk], dtype=torch.int64)
+            out[start:start + chunk] = (a[r].float() * b[c].float()).sum(dim=1).numpy()
+    return out
