@@ -40,8 +40,8 @@ PAPER = {  # Gur-Arieh et al. 2025, success rates (%) recomputed from their rele
     "Llama-3.1-8B, output": [60.8, 56.3, 62.6, 57.4, 58.5, 61.5],
     "finding": "MaxAct describes inputs best, VocabProj/TokenChange outputs; the ensembles are best on both",
 }
-INPUT_SCORERS = ("judgefree-input", "embedding")
-OUTPUT_SCORERS = ("judgefree-output",)
+INPUT_SCORERS = ("judgefree-input", "embedding", "input", "detection", "fuzzing")
+OUTPUT_SCORERS = ("judgefree-output", "output")
 
 
 @dataclass
@@ -58,6 +58,10 @@ class InputVsOutputConfig:
     windows: int = doc("activating and non-activating windows per latent for the window scorers", 20)
     tc_clamp: str = doc("TokenChange clamp (a multiple of each latent's max, '2x', or a value)", "2x")
     tc_sequences: int = doc("TokenChange: sequences per latent", 8)
+    backend: str = doc("explainer and judge: none (raw descriptions, judge-free and embedding scorers) | openai | "
+                       "transformers (then the paper's scorers too: input, output)", "none")
+    llm_model: str = doc("explainer and judge model with a backend", "")
+    llm: dict[str, Any] = doc("other LLMConfig fields; cache_dir defaults to OUT/llm_cache", default_factory=dict)
     n_boot: int = doc("bootstrap resamples", 1000)
     seed: int = doc("seed of the latent sample, examples and bootstraps", 0)
     device: str = doc("auto | cpu | cuda", "auto")
@@ -79,6 +83,7 @@ def run_stages(config: InputVsOutputConfig) -> Path:
     from saekit.sae import load_sae
 
     records = Path(config.out) / "records"
+    llm = {"cache_dir": str(Path(config.out) / "llm_cache"), **config.llm}
     d_sae = load_sae(config.sae).cfg.d_sae
     latents = np.random.default_rng(config.seed).permutation(d_sae)[:config.n_candidates].tolist()
     if not (records / "meta.json").exists():
@@ -89,12 +94,13 @@ def run_stages(config: InputVsOutputConfig) -> Path:
                                       device=config.device), progress=True)
     if not (records / "explanations.jsonl").exists():
         explain_latents(ExplainConfig(records=str(records), methods=config.methods, vocab_tokens=20,
-                                      tc_clamp=config.tc_clamp, tc_sequences=config.tc_sequences, backend="none",
+                                      tc_clamp=config.tc_clamp, tc_sequences=config.tc_sequences,
+                                      backend=config.backend, llm_model=config.llm_model, llm=llm,
                                       device=config.device), progress=True)
     if not (records / "scores.jsonl").exists():
         score_latents(ScoreConfig(records=str(records), scorers=config.scorers, n_activating=config.windows,
-                                  n_negatives=config.windows, backend="none", n_boot=200, seed=config.seed,
-                                  device=config.device), progress=True)
+                                  n_negatives=config.windows, backend=config.backend, llm_model=config.llm_model,
+                                  llm=llm, n_boot=200, seed=config.seed, device=config.device), progress=True)
     return records
 
 
@@ -186,7 +192,7 @@ def write_report(table: Any, config: InputVsOutputConfig, seconds: float) -> Pat
                                       "</title></head><body>" + fig.to_html(full_html=False) + "</body></html>")
     lines = ["# Input- vs output-centric descriptions", "",
              f"SAE `{config.sae}`; {config.n_candidates} random latents collected, records from the last "
-             f"{config.collect_tokens:,} tokens of `{config.cache}`; offline raw descriptions; "
+             f"{config.collect_tokens:,} tokens of `{config.cache}`; backend `{config.backend}`; "
              f"{seconds / 60:.1f} minutes in all.", "",
              "| scorer | side | n | " + " | ".join(config.methods) + " |",
              "|---|---|---|" + "---|" * len(config.methods)]
