@@ -223,7 +223,7 @@ def identity_jumprelu(pre: torch.Tensor, threshold: float = 0.3, **kwargs):
 def test_jumprelu_straight_through_gradient_is_the_rectangle_kernel_formula(term):
     """Default bandwidth eps, pre-activations in and just out of |pre - theta| < eps/2: per latent,
     d/dtheta sum(latents) = -(theta/eps) #inside, d/dtheta L0 = -(1/eps) #inside / n_tokens (times theta for log)."""
-    eps = SAEConfig.jumprelu_bandwidth  # the default
+    eps = SAEConfig(architecture="jumprelu", d_in=3).resolved_jumprelu_bandwidth  # the default
     theta = 0.3
     offsets = torch.tensor([[-0.45, 0.1, 0.6], [0.0, -0.6, 0.7], [0.3, 0.8, -0.8],  # [tokens, latents], in eps
                             [0.49, -3.0, 1.5], [-0.55, 0.51, -2.0], [2.0, -0.2, 0.45]], dtype=torch.float64)
@@ -240,8 +240,9 @@ def test_jumprelu_straight_through_gradient_is_the_rectangle_kernel_formula(term
 def test_jumprelu_training_raises_thresholds_of_unneeded_latents_and_lowers_needed_ones():
     """Planted, pre-activations inside the STE window (default bandwidth): latent 0 reconstructs the input
     (its threshold must fall), latent 1 has a zero decoder row, so only L0 acts (its threshold must rise)."""
-    theta = SAEConfig.jumprelu_init_threshold  # 0.001, as training starts
-    eps = SAEConfig.jumprelu_bandwidth
+    defaults = SAEConfig(architecture="jumprelu", d_in=2)
+    theta = defaults.resolved_jumprelu_init_threshold  # 0.001 * sqrt(2), as training starts
+    eps = defaults.resolved_jumprelu_bandwidth
     x = torch.tensor([[1.0, 1.0]] * 8, dtype=torch.float64)
     sae = identity_jumprelu(x, theta, l0_coef=1e-4)
     with torch.no_grad():
@@ -256,6 +257,49 @@ def test_jumprelu_training_raises_thresholds_of_unneeded_latents_and_lowers_need
     needed, unneeded = sae.threshold.detach()  # measured: 0.961 and 1.041 times theta
     assert needed < theta * 0.98
     assert unneeded > theta * 1.02
+
+
+def test_jumprelu_defaults_are_gemma_scopes_on_saekits_input_scale():
+    """Gemma Scope's 0.001 is for inputs of unit mean squared norm; saekit's have E||x|| = sqrt(d_in)."""
+    cfg = SAEConfig(architecture="jumprelu", d_in=2304)
+    assert cfg.resolved_jumprelu_bandwidth == pytest.approx(0.048)
+    assert cfg.resolved_jumprelu_init_threshold == pytest.approx(0.048)
+    assert build_sae(cfg).threshold[0].item() == pytest.approx(0.048)
+    explicit = SAEConfig(architecture="jumprelu", d_in=2304, jumprelu_bandwidth=0.001, jumprelu_init_threshold=0.002)
+    assert (explicit.resolved_jumprelu_bandwidth, explicit.resolved_jumprelu_init_threshold) == (0.001, 0.002)
+
+
+def jumprelu_threshold_grads(d_in: int = 128, d_sae: int = 1024, tokens: int = 2048, **kwargs):
+    """d loss / d log_threshold [d_sae] of a float32 JumpReLU SAE, without and with CPU bf16 autocast,
+    on inputs at saekit's scale (E||x|| ~ sqrt(d_in)) with trained-like thresholds near 0.9-1
+    (each latent fires on ~20% of tokens), where bf16's spacing (0.004) exceeds Gemma Scope's bandwidth."""
+    sae = build_sae(SAEConfig(architecture="jumprelu", d_in=d_in, d_sae=d_sae, **kwargs))
+    x = torch.randn(tokens, d_in, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        sae.log_threshold.copy_(sae.pre_acts(x).quantile(0.8, dim=0).clamp_min(1e-3).log())
+    grads = []
+    for autocast in (False, True):
+        sae.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            sae(x).loss.backward()
+        grads.append(sae.log_threshold.grad.clone())
+    return grads
+
+
+@pytest.mark.parametrize("bandwidth", [None, 0.001], ids=["default", "gemma_scope"])
+def test_jumprelu_threshold_gradient_under_bf16_autocast_matches_float32(bandwidth):
+    """The GPU training setting (float32 parameters, bf16 autocast) on the CPU. Before the fix the
+    pre-activations came out of the matmul in bf16: measured on main before the fix, with the
+    default bandwidth (then 0.001), 790 of 1024 thresholds got zero gradient (492 in float32) and
+    the per-latent gradients correlated 0.120 (both cases failed). Now: bf16 and float32 give the
+    same zero counts (0 with the default bandwidth 0.0113 at d_in 128; 492 with 0.001) and
+    correlation 1.000 (the decoder's bf16 product is the only difference)."""
+    want, got = jumprelu_threshold_grads(**({} if bandwidth is None else {"jumprelu_bandwidth": bandwidth}))
+    if bandwidth is None:  # on saekit's scale the window catches tokens for every latent
+        assert (want == 0).sum() == 0
+    assert (got == 0).sum() <= (want == 0).sum() + 5
+    assert torch.corrcoef(torch.stack([want, got]))[0, 1] > 0.99
+    assert got.norm() / want.norm() == pytest.approx(1, abs=0.02)
 
 
 # --- ReLU -----------------------------------------------------------------------------------------

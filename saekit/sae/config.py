@@ -34,8 +34,11 @@ class SAEConfig:
     aux_coef: float = doc("topk/batchtopk: AuxK loss coefficient (Gao et al. 2024 use 1/32)", 1 / 32)
     l1_coef: float = doc("relu: coefficient of the L1 penalty weighted by decoder row norms", 5.0)
     l0_coef: float = doc("jumprelu: coefficient of the L0 penalty", 1.0)
-    jumprelu_bandwidth: float = doc("jumprelu: width of the straight-through estimator's window", 0.001)
-    jumprelu_init_threshold: float = doc("jumprelu: initial per-latent threshold", 0.001)
+    jumprelu_bandwidth: float | None = doc(
+        "jumprelu: width of the straight-through estimator's window (None: 0.001 * sqrt(d_in), "
+        "Gemma Scope's 0.001 on saekit's input scale)", None)
+    jumprelu_init_threshold: float | None = doc(
+        "jumprelu: initial per-latent threshold (None: 0.001 * sqrt(d_in), as the bandwidth)", None)
     batchtopk_threshold_lr: float = doc(
         "batchtopk: rate of the moving average giving the inference threshold", 0.01)
     sparse_impl: str = doc(
@@ -70,6 +73,8 @@ class SAEConfig:
                 raise ValueError(f"SAEConfig.{name} must be finite and >= 0, got {getattr(self, name)!r}")
         for name in ("jumprelu_bandwidth", "jumprelu_init_threshold", "activation_scale",
                      "folded_activation_scale"):
+            if getattr(self, name) is None and name.startswith("jumprelu"):
+                continue
             if not math.isfinite(getattr(self, name)) or getattr(self, name) <= 0:
                 raise ValueError(f"SAEConfig.{name} must be finite and > 0, got {getattr(self, name)!r}")
         if not 0 < self.batchtopk_threshold_lr <= 1:
@@ -79,6 +84,30 @@ class SAEConfig:
     def resolved_k_aux(self) -> int:
         """k_aux, or d_in // 2 when unset (as in sparsify), never above d_sae."""
         return min(self.k_aux if self.k_aux is not None else max(self.d_in // 2, 1), self.d_sae)
+
+    @property
+    def resolved_jumprelu_bandwidth(self) -> float:
+        """jumprelu_bandwidth, or 0.001 * sqrt(d_in) when unset (see `jumprelu_scale`)."""
+        return self.jumprelu_bandwidth if self.jumprelu_bandwidth is not None else 0.001 * self.jumprelu_scale
+
+    @property
+    def resolved_jumprelu_init_threshold(self) -> float:
+        """jumprelu_init_threshold, or 0.001 * sqrt(d_in) when unset (see `jumprelu_scale`)."""
+        if self.jumprelu_init_threshold is not None:
+            return self.jumprelu_init_threshold
+        return 0.001 * self.jumprelu_scale
+
+    @property
+    def jumprelu_scale(self) -> float:
+        """sqrt(d_in): the factor between saekit's pre-activations and Gemma Scope's.
+
+        Gemma Scope's threshold and bandwidth (0.001) are set for inputs of unit mean squared norm;
+        saekit trains on E||x|| = sqrt(d_in) (`normalize_activations`), and pre-activations are linear
+        in x (the encoder columns start at unit norm in both), so they are sqrt(d_in) times larger here.
+        The same scale puts the bandwidth (0.048 at d_in 2304) near sae-lens's default (0.05, on the
+        same input scale) and far above bf16's spacing near 0.5 (0.002-0.004).
+        """
+        return math.sqrt(self.d_in)
 
     @property
     def is_sparse(self) -> bool:

@@ -11,6 +11,13 @@ rectangle kernel K(u) = 1{|u| < 1/2} of width `bandwidth` eps,
 
 and the pre-activations get the plain gradient H(pre - theta) through the activation and none
 through the L0 term (the paper's choice). The forward is dense, like the ReLU SAE's.
+
+The pre-activations and the estimators run in the parameters' dtype (float32 in training) even
+under bf16 autocast, CUDA's default: bf16's spacing near a trained threshold (0.002-0.004 near 0.5)
+is wider than the window, so with bf16 pre-activations the rectangle kernel would catch nothing
+and most thresholds would get no gradient (tests/test_sae.py, the autocast test). The decoder's
+product still runs under autocast. The default threshold and bandwidth are on saekit's input scale
+(`SAEConfig.jumprelu_scale`); a loaded SAE (e.g. Gemma Scope) keeps its saved thresholds.
 """
 
 from __future__ import annotations
@@ -69,7 +76,7 @@ class JumpReLUSAE(SAE):
     def __init__(self, cfg: SAEConfig) -> None:
         super().__init__(cfg)
         self.log_threshold = nn.Parameter(
-            torch.full((cfg.d_sae,), math.log(cfg.jumprelu_init_threshold), dtype=getattr(torch, cfg.dtype)))
+            torch.full((cfg.d_sae,), math.log(cfg.resolved_jumprelu_init_threshold), dtype=getattr(torch, cfg.dtype)))
 
     @property
     def threshold(self) -> Tensor:
@@ -85,12 +92,14 @@ class JumpReLUSAE(SAE):
     def forward(self, x: Tensor, dead_mask: Tensor | None = None) -> ForwardOutput:
         """Training pass on x [tokens, d_in]; dead_mask is ignored. loss = mse + l0_coef * l0."""
         x = self.check_input(x)
-        pre = self.pre_acts(x)
-        threshold = self.threshold
-        latents = JumpReLUFunction.apply(pre, threshold, self.cfg.jumprelu_bandwidth)
+        bandwidth = self.cfg.resolved_jumprelu_bandwidth
+        with torch.autocast(x.device.type, enabled=False):  # pre-activations and STE in full precision
+            pre = self.pre_acts(x)
+            threshold = self.threshold
+            latents = JumpReLUFunction.apply(pre, threshold, bandwidth)
+            l0 = StepFunction.apply(pre, threshold, bandwidth).sum(dim=1).mean()
         recon = self.decode(latents)
         mse, fvu = reconstruction_losses(x, recon)
-        l0 = StepFunction.apply(pre, threshold, self.cfg.jumprelu_bandwidth).sum(dim=1).mean()
         return ForwardOutput(recon, latents, None, mse, fvu, l0, zero(mse), zero(mse),
                              mse + self.cfg.l0_coef * l0)
 
