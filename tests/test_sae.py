@@ -130,8 +130,11 @@ def test_shapes_of_encode_decode_and_forward(architecture):
     x = activations()
     out = sae(x)
     assert out.recon.shape == (32, 16)
-    assert out.latent_acts.shape == ((32, 4) if architecture == "topk" else (32, 64))
-    assert (out.latent_indices is None) == (architecture != "topk")
+    want = {"topk": (32, 4), "batchtopk": (32 * 4,)}.get(architecture, (32, 64))  # batchtopk: CSR, k*B entries
+    assert out.latent_acts.shape == want
+    assert (out.latent_indices is None) == (architecture not in ("topk", "batchtopk"))
+    assert (out.latent_offsets is not None) == (architecture == "batchtopk")
+    assert out.dense_latents(64).shape == (32, 64)
     for name in ("mse", "fvu", "l0", "l1", "aux_k", "loss"):
         assert getattr(out, name).shape == (), name
     assert sae.encode(x.reshape(4, 8, 16)).shape == (4, 8, 64)
@@ -149,9 +152,7 @@ def test_inference_forward_reconstruction_equals_decode_of_encode(architecture):
         latents = sae.encode(x)
     assert (latents != 0).any() and (latents == 0).any()
     assert torch.allclose(out.recon, sae.decode(latents))
-    dense = out.latent_acts if out.latent_indices is None else torch.zeros_like(latents).scatter(
-        1, out.latent_indices, out.latent_acts)
-    assert torch.allclose(dense, latents)
+    assert torch.allclose(out.dense_latents(64), latents)
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
@@ -185,10 +186,13 @@ def test_batchtopk_keeps_k_latents_per_token_on_average_and_learns_a_threshold()
     with torch.no_grad():
         sae.threshold.zero_()
     out = sae(activations(32))
-    per_token = (out.latent_acts != 0).sum(dim=1)
+    dense = out.dense_latents(64)
+    per_token = (dense != 0).sum(dim=1)
     assert per_token.sum().item() == 32 * 4
     assert per_token.min() < per_token.max()  # the batch shares k, tokens do not each get k
-    smallest_kept = out.latent_acts[out.latent_acts > 0].min()
+    pre = sae.pre_acts(activations(32))
+    assert torch.allclose(dense[dense != 0].sort().values, pre.flatten().topk(32 * 4).values.sort().values)
+    smallest_kept = dense[dense > 0].min()
     assert torch.allclose(sae.threshold, smallest_kept.expand(64))  # first update sets it outright
     sae(activations(32, seed=1))
     assert not torch.allclose(sae.threshold, smallest_kept.expand(64))  # later ones move it

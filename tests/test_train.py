@@ -212,7 +212,7 @@ def test_killed_training_resumes_to_the_same_weights_and_log(dictionary_cache, t
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("architecture", ["topk", "relu"])
+@pytest.mark.parametrize("architecture", ["topk", "relu", "batchtopk"])
 def test_two_torchrun_ranks_match_the_single_process_run(dictionary_cache, tmp_path, architecture):
     _, cache = dictionary_cache
     common = dict(architecture=architecture, n_tokens=512 * 60, dead_tokens=512 * 10, log_every=10)
@@ -224,7 +224,7 @@ def test_two_torchrun_ranks_match_the_single_process_run(dictionary_cache, tmp_p
                              "--master_port", "29531", "-m", "saekit", "train", str(multi)],
                             env=run_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    name = f"syn/{architecture}-512{'-k8' if architecture == 'topk' else ''}-seed0"
+    name = f"syn/{architecture}-512{'-k8' if architecture in ('topk', 'batchtopk') else ''}-seed0"
     a, b = load_sae_dir(tmp_path / "single" / name), load_sae_dir(tmp_path / "multi" / name)
     for key, value in a.state_dict().items():
         assert torch.allclose(value, b.state_dict()[key], atol=2e-4, rtol=1e-4), (key, (value - b.state_dict()[key]).abs().max())

@@ -29,14 +29,29 @@ class ForwardOutput(NamedTuple):
     """
 
     recon: Tensor  # [tokens, d_in] reconstruction
-    latent_acts: Tensor  # [tokens, k] with latent_indices (topk), else dense [tokens, d_sae]
-    latent_indices: Tensor | None  # [tokens, k] int64 latent ids (topk), else None
+    # topk: [tokens, k] with latent_indices; batchtopk: [nnz] in CSR form with latent_indices and
+    # latent_offsets (tokens keep different numbers); relu/jumprelu: dense [tokens, d_sae]
+    latent_acts: Tensor
+    latent_indices: Tensor | None  # int64 latent ids shaped as latent_acts (topk, batchtopk), else None
     mse: Tensor  # squared error summed over d_in, mean over tokens
     fvu: Tensor  # fraction of variance unexplained: sum of squared error / sum of squared deviation
     l0: Tensor  # mean number of active latents per token (differentiable for jumprelu)
     l1: Tensor  # relu: mean over tokens of sum_i latent_i * ||W_dec[i]||
     aux_k: Tensor  # topk/batchtopk: AuxK loss, the dead latents' reconstruction of the residual (FVU)
     loss: Tensor  # the total training loss of the architecture's recipe
+    latent_offsets: Tensor | None = None  # batchtopk: [tokens + 1] CSR row pointers into latent_acts
+
+    def dense_latents(self, d_sae: int) -> Tensor:
+        """[tokens, d_sae] dense latents, whatever the architecture's form (for tests and analysis)."""
+        if self.latent_indices is None:
+            return self.latent_acts
+        if self.latent_offsets is None:
+            return self.latent_acts.new_zeros(self.latent_acts.shape[0], d_sae).scatter(
+                1, self.latent_indices, self.latent_acts)
+        counts = self.latent_offsets.diff()
+        rows = torch.repeat_interleave(torch.arange(counts.numel(), device=counts.device), counts)
+        return self.latent_acts.new_zeros(counts.numel(), d_sae).index_put(
+            (rows, self.latent_indices), self.latent_acts, accumulate=True)
 
 
 class SAE(nn.Module):
@@ -113,9 +128,8 @@ def fired_mask(output: ForwardOutput, d_sae: int) -> Tensor:
     acts = output.latent_acts.detach()
     if output.latent_indices is None:
         return (acts > 0).any(dim=0)
-    fired = torch.zeros(d_sae, dtype=torch.bool, device=acts.device)
-    fired[output.latent_indices[acts > 0]] = True
-    return fired
+    counts = torch.zeros(d_sae, dtype=torch.int32, device=acts.device)  # fixed shapes: no host sync
+    return counts.index_add_(0, output.latent_indices.reshape(-1), (acts > 0).reshape(-1).to(torch.int32)) > 0
 
 
 def zero(like: Tensor) -> Tensor:

@@ -6,8 +6,12 @@ single threshold: a moving average of the smallest activation kept in each train
 inference a latent is active when its pre-activation exceeds the threshold (a JumpReLU with one
 threshold for every latent; saved as SAELens's `jumprelu` with `threshold` [d_sae]).
 
-Loss as for TopK: fvu + aux_coef * AuxK. The training forward is sparse (kernels.py); `forward`
-in eval mode uses the threshold, like `encode`.
+Loss as for TopK: fvu + aux_coef * AuxK. The training forward is sparse (kernels.py, selection.py):
+no dense [tokens, d_sae] latent matrix, fixed shapes and no host sync (the threshold moves by tensor
+ops), so it compiles to one graph. Under torchrun the selection is the global batch's top k*B
+(`select_batch_topk` all-gathers each rank's candidates) and the threshold update takes the global
+smallest kept activation, so 2 ranks train what 1 process trains. `forward` in eval mode uses the
+threshold, like `encode`.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from torch import Tensor
 
 from saekit.sae.base import SAE, ForwardOutput, reconstruction_losses, zero
 from saekit.sae.config import SAEConfig
-from saekit.sae.kernels import select_batch_topk, select_threshold, sparse_decode
+from saekit.sae.kernels import sparse_decode
+from saekit.sae.selection import global_min, select_batch_topk, select_threshold
 from saekit.sae.topk import auxk_loss, encode_with_aux
 
 
@@ -39,14 +44,12 @@ class BatchTopKSAE(SAE):
     def forward(self, x: Tensor, dead_mask: Tensor | None = None) -> ForwardOutput:
         """Batch top-k in training mode (updates the threshold), the threshold in eval mode.
 
-        latent_acts is dense [tokens, d_sae] (tokens keep different numbers of latents); the
-        reconstruction is computed from the sparse form. loss = fvu + aux_coef * aux_k.
+        The latents come in CSR form (latent_acts [nnz], latent_indices [nnz], latent_offsets
+        [tokens + 1]): tokens keep different numbers of latents; in training nnz is the batch's
+        k*B (entries below the global cutoff, under torchrun, hold 0). loss = fvu + aux_coef * aux_k.
         """
         x = self.check_input(x)
-        if self.training:  # the running threshold tells the selection where to look
-            select = select_batch_topk(self.cfg.k, hint=float(self.threshold[0]))
-        else:
-            select = select_threshold(self.threshold)
+        select = select_batch_topk(self.cfg.k) if self.training else select_threshold(self.threshold)
         latents, aux_latents = encode_with_aux(self, x, select, dead_mask)
         if self.training:
             self.update_threshold(latents.values.detach())
@@ -54,23 +57,22 @@ class BatchTopKSAE(SAE):
         mse, fvu = reconstruction_losses(x, recon)
         aux_k = auxk_loss(self, x, recon, aux_latents, dead_mask)
         l0 = (latents.values.detach() > 0).sum().to(x.dtype) / x.shape[0]
-        return ForwardOutput(recon, latents.to_dense(self.cfg.d_sae), None, mse, fvu, l0, zero(fvu), aux_k,
-                             fvu + self.cfg.aux_coef * aux_k)
+        return ForwardOutput(recon, latents.values, latents.indices, mse, fvu, l0, zero(fvu), aux_k,
+                             fvu + self.cfg.aux_coef * aux_k, latents.offsets)
 
     @torch.no_grad()
     def update_threshold(self, kept_acts: Tensor) -> None:
-        """Move the threshold toward the smallest positive activation kept in this batch.
+        """Move the threshold toward the smallest positive activation kept in this batch (over
+        every rank under torchrun); tensor ops only, no host sync.
 
-        The first update sets it outright (a threshold of 0 means "never updated").
+        The first update sets it outright (a threshold of 0 means "never updated"); a batch with
+        no positive activation leaves it as it was.
         """
-        positive = kept_acts[kept_acts > 0]
-        if positive.numel() == 0:
-            return
-        smallest = positive.min().to(self.threshold.dtype)
-        if bool((self.threshold == 0).all()):
-            self.threshold.fill_(smallest)
-        else:
-            self.threshold.lerp_(smallest.expand_as(self.threshold), self.cfg.batchtopk_threshold_lr)
+        inf = torch.full((), torch.inf, dtype=kept_acts.dtype, device=kept_acts.device)
+        smallest = global_min(torch.where(kept_acts > 0, kept_acts, inf).amin()).to(self.threshold.dtype)
+        moved = torch.where(self.threshold == 0, smallest,
+                            self.threshold.lerp(smallest.expand_as(self.threshold), self.cfg.batchtopk_threshold_lr))
+        self.threshold.copy_(torch.where(torch.isfinite(smallest), moved, self.threshold))
 
     def inference_tensors(self) -> dict[str, Tensor]:
         return {**super().inference_tensors(), "threshold": self.threshold.detach()}

@@ -28,14 +28,15 @@ takes S @ W with embedding_bag (faster than MKL there), builds S^T itself from o
 
 from __future__ import annotations
 
-import contextlib
-import threading
 import warnings
-from collections.abc import Iterator
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
+
+from saekit.sae.selection import (  # noqa: F401  (selections were defined here; kept importable)
+    Selection, _one_thread, select_batch_topk, select_dead_topk, select_threshold, select_topk, select_topk_among,
+)
 
 IMPLS = ("csr", "gather")
 _GATHER_CHUNK = 16384  # (token, latent) pairs per chunk in the gather implementation (bounds memory)
@@ -54,8 +55,7 @@ class SparseLatents(NamedTuple):
 
     def token_ids(self) -> Tensor:
         """[nnz] the token each entry belongs to."""
-        counts = self.offsets.diff()
-        return torch.repeat_interleave(torch.arange(self.n_tokens, device=counts.device), counts)
+        return _token_ids(self.offsets, self.values.numel())
 
     def to_dense(self, d_sae: int) -> Tensor:
         """[tokens, d_sae] dense latents (differentiable in `values`)."""
@@ -63,118 +63,11 @@ class SparseLatents(NamedTuple):
         return dense.index_put_((self.token_ids(), self.indices), self.values)
 
 
-_thread_lock = threading.Lock()
-_one_thread_users = 0
-_saved_threads = 1
-
-
-@contextlib.contextmanager
-def _one_thread(device: torch.device) -> Iterator[None]:
-    """Run index bookkeeping (sorts and gathers of ~1e5-1e6 ids) on one CPU thread.
-
-    Such operations take a few ms on one thread and gain nothing from more; on a busy machine each
-    parallel region waits for all its threads to be scheduled, which measured 10-160 ms per
-    operation on our 2-core machines (a stable sort of 131k ids: 3 ms on one thread, 160 ms on two).
-    Re-entrant and safe across Python threads: the thread count is restored when the last user leaves.
-    """
-    global _one_thread_users, _saved_threads
-    if device.type != "cpu":
-        yield
-        return
-    with _thread_lock:
-        if _one_thread_users == 0:
-            _saved_threads = torch.get_num_threads()
-            if _saved_threads != 1:
-                torch.set_num_threads(1)
-        _one_thread_users += 1
-    try:
-        yield
-    finally:
-        with _thread_lock:
-            _one_thread_users -= 1
-            if _one_thread_users == 0 and _saved_threads != 1:
-                torch.set_num_threads(_saved_threads)
-
-
-# A selection maps pre-activations [tokens, d_sae] (no grad) to (values [nnz], indices [nnz],
-# offsets [tokens + 1]) of the entries to keep; values are the raw pre-activations there.
-Selection = Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]
-
-
-def select_topk(k: int) -> Selection:
-    """The k largest pre-activations of each token (Gao et al. 2024)."""
-    def select(pre: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        values, indices = pre.topk(k, dim=1, sorted=False)
-        with _one_thread(pre.device):
-            indices, order = indices.sort(dim=1)
-            values = values.gather(1, order)
-            offsets = torch.arange(0, pre.shape[0] * k + 1, k, device=pre.device)
-        return values.reshape(-1), indices.reshape(-1), offsets
-    return select
-
-
-def select_topk_among(latents: Tensor, k: int) -> Selection:
-    """The k largest pre-activations of each token among `latents` [m] (increasing latent ids).
-
-    AuxK's selection (the top k_aux dead latents): it reads the same pre-activations as the main
-    selection, so the dead latents' encoder product is not computed a second time.
-    """
-    def select(pre: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        values, positions = pre.index_select(1, latents).topk(k, dim=1, sorted=False)
-        with _one_thread(pre.device):
-            positions, order = positions.sort(dim=1)
-            values = values.gather(1, order)
-            offsets = torch.arange(0, pre.shape[0] * k + 1, k, device=pre.device)
-            indices = latents[positions.reshape(-1)]
-        return values.reshape(-1), indices, offsets
-    return select
-
-
-def _offsets(rows: Tensor, n_tokens: int) -> Tensor:
-    """[tokens + 1] CSR row pointers from the sorted row of each entry."""
-    offsets = torch.zeros(n_tokens + 1, dtype=torch.long, device=rows.device)
-    offsets[1:] = torch.bincount(rows, minlength=n_tokens).cumsum(0)
-    return offsets
-
-
-def _select_mask(pre: Tensor, keep: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """CSR of the entries of `pre` where the boolean `keep` [tokens, d_sae] is true."""
-    rows, cols = keep.nonzero(as_tuple=True)  # row-major, so columns increase within a row
-    return pre[rows, cols], cols, _offsets(rows, pre.shape[0])
-
-
-def select_batch_topk(k: int, hint: float = 0.0, oversample: int = 4) -> Selection:
-    """The tokens*k largest positive pre-activations of the whole batch (Bussmann et al. 2024).
-
-    Exact, without a top-k over all tokens*d_sae entries. With a `hint` > 0 (the previous batches'
-    threshold), the candidates are the entries above hint / 2: one pass over the batch. Otherwise,
-    or when fewer than tokens*k entries pass, they are each token's `oversample*k` largest values,
-    which hold the answer unless some token had all of its candidates kept; then the full top-k.
-    """
-    def select(pre: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        n_tokens, d_sae = pre.shape
-        n_keep = min(n_tokens * k, n_tokens * d_sae)
-        if hint > 0:
-            rows, cols = (pre > hint / 2).nonzero(as_tuple=True)
-            if rows.numel() >= n_keep:
-                values = pre[rows, cols]
-                cutoff = values.topk(n_keep, sorted=False).values.min()
-                keep = values >= cutoff
-                return values[keep], cols[keep], _offsets(rows[keep], n_tokens)
-        per_token = min(oversample * k, d_sae)
-        candidates = pre.topk(per_token, dim=1, sorted=False).values  # [tokens, per_token]
-        cutoff = candidates.reshape(-1).topk(n_keep, sorted=False).values.min()
-        if per_token < d_sae and bool((candidates.amin(dim=1) >= cutoff).any()):
-            cutoff = pre.reshape(-1).topk(n_keep, sorted=False).values.min()
-        return _select_mask(pre, pre >= cutoff.clamp_min(torch.finfo(pre.dtype).tiny))
-    return select
-
-
-def select_threshold(threshold: Tensor) -> Selection:
-    """The pre-activations above a per-latent threshold [d_sae] (and above 0): JumpReLU inference."""
-    def select(pre: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        return _select_mask(pre, pre > threshold.clamp_min(0))
-    return select
+def _token_ids(offsets: Tensor, nnz: int) -> Tensor:
+    """[nnz] the row of each entry of a CSR matrix with row pointers `offsets` (a size known upfront:
+    no host sync)."""
+    counts = offsets.diff()
+    return torch.repeat_interleave(torch.arange(counts.numel(), device=offsets.device), counts, output_size=nnz)
 
 
 def _no_autocast(like: Tensor) -> torch.autocast:
@@ -255,54 +148,92 @@ def _row_dots(latents: SparseLatents, left: Tensor, weight: Tensor, impl: str) -
     return out
 
 
-class SparseEncode(torch.autograd.Function):
-    """relu(selected entries of (x - b_dec) @ W_enc + b_enc), with a backward over those entries only.
+# The sparse products as torch custom ops: torch.compile (and AOTAutograd's trace of the backward)
+# sees each as one opaque call of known output shape, instead of tracing into CSR tensors, MKL and
+# a Python lock. In eager mode they run the functions above.
 
-    Several selections of the same pre-activations (TopK's and AuxK's) share the one dense product
-    forward and one sparse product backward; outputs are (values, indices, offsets) per selection.
+@torch.library.custom_op("saekit::sparse_times", mutates_args=())
+def _sparse_times_op(values: Tensor, indices: Tensor, offsets: Tensor, weight: Tensor, impl: str) -> Tensor:
+    """S @ weight [tokens, d] for the CSR matrix S (values, indices, offsets) and weight [n_rows, d]."""
+    with _no_autocast(weight):
+        return _times(SparseLatents(values, indices, offsets), weight, impl)
+
+
+@_sparse_times_op.register_fake
+def _(values, indices, offsets, weight, impl):
+    return weight.new_empty(offsets.shape[0] - 1, weight.shape[1])
+
+
+@torch.library.custom_op("saekit::sparse_transpose_times", mutates_args=())
+def _sparse_transpose_times_op(values: list[Tensor], indices: list[Tensor], offsets: list[Tensor], dense: Tensor,
+                               n_cols: int, impl: str) -> Tensor:
+    """sum over parts of S^T @ dense: [n_cols, d] for CSR parts S [tokens, n_cols] and dense [tokens, d]."""
+    with _no_autocast(dense):
+        return _transpose_times([SparseLatents(*part) for part in zip(values, indices, offsets)], dense, n_cols, impl)
+
+
+@_sparse_transpose_times_op.register_fake
+def _(values, indices, offsets, dense, n_cols, impl):
+    return dense.new_empty(n_cols, dense.shape[1])
+
+
+@torch.library.custom_op("saekit::sparse_row_dots", mutates_args=())
+def _sparse_row_dots_op(values: Tensor, indices: Tensor, offsets: Tensor, left: Tensor, weight: Tensor,
+                        impl: str) -> Tensor:
+    """[nnz] <left[token], weight[latent]> at every entry of the CSR pattern (values only give the size)."""
+    with _no_autocast(weight):
+        return _row_dots(SparseLatents(values, indices, offsets), left, weight, impl)
+
+
+@_sparse_row_dots_op.register_fake
+def _(values, indices, offsets, left, weight, impl):
+    return values.new_empty(values.shape)
+
+
+class SparseEncode(torch.autograd.Function):
+    """relu of selected pre-activations, with a backward over the selected entries only.
+
+    The inputs are x, the parameters and, per selection, its raw values [nnz] (from the dense
+    product, made without grad) with their indices and offsets; the outputs are relu(values) per
+    selection. Several selections (TopK's and AuxK's) share one sparse product backward.
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, impl: str,
-                *selects: Selection) -> tuple[Tensor, ...]:
-        centered = x - b_dec
-        pre = (centered @ W_enc).add_(b_enc)  # cheaper than addmm's broadcast copy of b_enc on CPU
-        outputs: list[Tensor] = []
-        for select in selects:
-            values, indices, offsets = select(pre)
-            # Under autocast the product (and so `values`) is 16-bit: the sparse rest runs in the
-            # parameters' dtype, with autocast off (`_no_autocast`), as the sparse kernels need.
-            outputs += [values.to(W_enc.dtype).relu(), indices, offsets]
-        del pre
+                *parts: Tensor) -> tuple[Tensor, ...]:
+        # Under autocast the product (and so the values) is 16-bit: the sparse rest runs in the
+        # parameters' dtype, with autocast off (`_no_autocast`), as the sparse kernels need.
+        acts = [values.to(W_enc.dtype).relu() for values in parts[0::3]]
         ctx.impl = impl
-        ctx.save_for_backward(centered, W_enc, *outputs)
-        ctx.mark_non_differentiable(*outputs[1::3], *outputs[2::3])
-        return tuple(outputs)
+        ctx.save_for_backward(x, b_dec, W_enc, *[t for i, a in enumerate(acts) for t in (a, *parts[3 * i + 1:3 * i + 3])])
+        return tuple(acts)
 
     @staticmethod
     def backward(ctx, *grads: Tensor | None):
-        centered, W_enc, *outputs = ctx.saved_tensors
-        parts = []
-        for acts, indices, offsets, grad_acts in zip(outputs[0::3], outputs[1::3], outputs[2::3], grads[0::3]):
-            if grad_acts is not None:
-                parts.append(SparseLatents(grad_acts.to(acts.dtype) * (acts > 0), indices, offsets))
+        x, b_dec, W_enc, *saved = ctx.saved_tensors
+        n_inputs = 3 * len(grads)
+        parts = [(grad.to(acts.dtype) * (acts > 0), indices, offsets)
+                 for acts, indices, offsets, grad in zip(saved[0::3], saved[1::3], saved[2::3], grads)
+                 if grad is not None]
         need_x, need_w, need_b_enc, need_b_dec = ctx.needs_input_grad[:4]
         grad_x = grad_w = grad_b_enc = grad_b_dec = None
         if not parts:
-            return None, None, None, None, None, *[None] * (len(grads) // 3)
+            return None, None, None, None, None, *[None] * n_inputs
+        values, indices, offsets = ([part[i] for part in parts] for i in range(3))
         with _no_autocast(W_enc):
             if need_w:
-                grad_w = _transpose_times(parts, centered, W_enc.shape[1], ctx.impl).t()
+                centered = (x - b_dec).to(W_enc.dtype)
+                grad_w = _sparse_transpose_times_op(values, indices, offsets, centered, W_enc.shape[1], ctx.impl).t()
             if need_b_enc or need_b_dec:
                 grad_b_enc = W_enc.new_zeros(W_enc.shape[1])
-                for part in parts:
-                    grad_b_enc.index_add_(0, part.indices, part.values)
+                for part_values, part_indices in zip(values, indices):
+                    grad_b_enc = grad_b_enc.index_add(0, part_indices, part_values)
             if need_x:
-                grad_x = sum(_times(part, W_enc.t(), ctx.impl) for part in parts)
+                W_t = W_enc.t()
+                grad_x = sum(_sparse_times_op(*part, W_t, ctx.impl) for part in parts)
             if need_b_dec:  # -sum over tokens of grad_x, computed without grad_x when x needs none
                 grad_b_dec = -(W_enc @ grad_b_enc)
-        return (grad_x, grad_w, grad_b_enc if need_b_enc else None, grad_b_dec, None,
-                *[None] * (len(grads) // 3))
+        return (grad_x, grad_w, grad_b_enc if need_b_enc else None, grad_b_dec, None, *[None] * n_inputs)
 
 
 class SparseDecode(torch.autograd.Function):
@@ -312,19 +243,17 @@ class SparseDecode(torch.autograd.Function):
     def forward(ctx, values: Tensor, indices: Tensor, offsets: Tensor, W_dec: Tensor, impl: str) -> Tensor:
         ctx.impl = impl
         ctx.save_for_backward(values, indices, offsets, W_dec)
-        with _no_autocast(W_dec):
-            return _times(SparseLatents(values, indices, offsets), W_dec, impl)
+        return _sparse_times_op(values, indices, offsets, W_dec, impl)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         values, indices, offsets, W_dec = ctx.saved_tensors
         grad_out = grad_out.to(W_dec.dtype).contiguous()
         grad_values = grad_w = None
-        with _no_autocast(W_dec):
-            if ctx.needs_input_grad[0]:
-                grad_values = _row_dots(SparseLatents(values, indices, offsets), grad_out, W_dec, ctx.impl)
-            if ctx.needs_input_grad[3]:
-                grad_w = _transpose_times([SparseLatents(values, indices, offsets)], grad_out, W_dec.shape[0], ctx.impl)
+        if ctx.needs_input_grad[0]:
+            grad_values = _sparse_row_dots_op(values, indices, offsets, grad_out, W_dec, ctx.impl)
+        if ctx.needs_input_grad[3]:
+            grad_w = _sparse_transpose_times_op([values], [indices], [offsets], grad_out, W_dec.shape[0], ctx.impl)
         return grad_values, None, None, grad_w, None
 
 
@@ -336,10 +265,22 @@ def sparse_encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor,
 
 def sparse_encode_many(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor,
                        selects: list[Selection], impl: str = "csr") -> list[SparseLatents]:
-    """One SparseLatents per selection, all from one encoder product (and one sparse backward)."""
+    """One SparseLatents per selection, all from one encoder product (and one sparse backward).
+
+    The dense product [tokens, d_sae] is made without grad and dropped once every selection read it.
+    """
     impl = _resolve_impl(impl, W_enc)
-    outputs = SparseEncode.apply(x, W_enc, b_enc, b_dec, impl, *selects)
-    return [SparseLatents(*outputs[i:i + 3]) for i in range(0, len(outputs), 3)]
+    parts = _select(x, W_enc, b_enc, b_dec, selects)
+    acts = SparseEncode.apply(x, W_enc, b_enc, b_dec, impl, *parts)
+    return [SparseLatents(a, parts[3 * i + 1], parts[3 * i + 2]) for i, a in enumerate(acts)]
+
+
+@torch.no_grad()
+def _select(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, selects: list[Selection]) -> list[Tensor]:
+    """(values, indices, offsets) of every selection, flat, from one dense product [tokens, d_sae]
+    (freed on return)."""
+    pre = ((x - b_dec) @ W_enc).add_(b_enc)  # cheaper than addmm's broadcast copy of b_enc on CPU
+    return [t for select in selects for t in select(pre)]
 
 
 def sparse_decode(latents: SparseLatents, W_dec: Tensor, impl: str = "csr") -> Tensor:

@@ -17,8 +17,8 @@ import torch
 from torch import Tensor
 
 from saekit.sae.base import SAE, ForwardOutput, reconstruction_losses, zero
-from saekit.sae.kernels import (Selection, SparseLatents, select_topk, select_topk_among, sparse_decode,
-                                sparse_encode_many, topk_decode, topk_encode)
+from saekit.sae.kernels import (Selection, SparseLatents, select_dead_topk, select_topk, select_topk_among,
+                                sparse_decode, sparse_encode_many, topk_decode, topk_encode)
 
 
 class TopKSAE(SAE):
@@ -56,10 +56,16 @@ class TopKSAE(SAE):
 def encode_with_aux(sae: SAE, x: Tensor, select: Selection, dead_mask: Tensor | None
                     ) -> tuple[SparseLatents, SparseLatents | None]:
     """The selected latents of x [tokens, d_in] and, when some latents are dead (dead_mask [d_sae]
-    bool), AuxK's: each token's top k_aux dead latents, read from the same pre-activations."""
+    bool), AuxK's: each token's top k_aux dead latents, read from the same pre-activations.
+
+    Eager mode reads back whether any latent is dead (one host sync) and skips AuxK when none is;
+    under torch.compile AuxK always runs, with a fixed shape (`select_dead_topk`: zero entries
+    where fewer than k_aux are dead), so the graph has no break and the loss is the same."""
     cfg = sae.cfg
     selects = [select]
-    if dead_mask is not None and bool(dead_mask.any()):
+    if dead_mask is not None and torch.compiler.is_compiling():
+        selects.append(select_dead_topk(dead_mask, cfg.resolved_k_aux))
+    elif dead_mask is not None and bool(dead_mask.any()):
         dead = dead_mask.nonzero().squeeze(1)
         selects.append(select_topk_among(dead, min(cfg.resolved_k_aux, dead.numel())))
     parts = sparse_encode_many(x, sae.W_enc, sae.b_enc, sae.b_dec, selects, cfg.sparse_impl)
@@ -77,8 +83,7 @@ def auxk_loss(sae: SAE, x: Tensor, recon: Tensor, aux_latents: SparseLatents | N
     """
     if aux_latents is None or dead_mask is None:
         return zero(recon)
-    n_dead = int(dead_mask.sum())
-    scale = min(n_dead / sae.cfg.resolved_k_aux, 1.0)
+    scale = (dead_mask.sum() / sae.cfg.resolved_k_aux).clamp(max=1.0).to(recon.dtype)  # a tensor: no sync
     residual_hat = sparse_decode(aux_latents, sae.W_dec, sae.cfg.sparse_impl)
     residual = (x - recon).detach()
     total_variance = (x - x.mean(dim=0)).pow(2).sum().clamp_min(torch.finfo(x.dtype).tiny)
