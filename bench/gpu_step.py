@@ -237,7 +237,8 @@ def _print_table(name: str, shape: tuple[int, int, int, int], table: dict[str, d
                  flops_per_token: int, rate: float, args: argparse.Namespace) -> None:
     d_in, d_sae, k, batch = shape
     floor = table.get("floor", {}).get("floor")
-    print(f"\n{name}: [{batch}, {d_in}] -> {d_sae} latents, k={k}, {args.device} {args.dtype} autocast, "
+    precision = "float32" if args.dtype == "float32" else f"{args.dtype} autocast, float32 parameters"
+    print(f"\n{name}: [{batch}, {d_in}] -> {d_sae} latents, k={k}, {args.device}, {precision}, "
           f"median of {args.steps}; matmul rate {rate / 1e12:.3g} TFLOP/s")
     print(f"| {'architecture':<12} | {'implementation':<16} | {'tokens/s':>12} | {'vs saekit':>9} | "
           f"{'of floor':>8} | {'matmul frac':>11} |")

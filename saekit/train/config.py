@@ -51,7 +51,9 @@ class TrainConfig:
     log_every: int = doc("steps between lines of training_log.jsonl", 10)
     device: str = doc("auto | cpu | cuda | cuda:N", "auto")
     autocast: bool = doc("bf16 autocast of the forward pass on CUDA (ignored on CPU: float32)", True)
-    compile: bool = doc("torch.compile each SAE's forward (optional; helps on GPU)", False)
+    compile: bool = doc(
+        "torch.compile each SAE's forward: one graph, no break (topk/batchtopk/jumprelu); AuxK then runs "
+        "every step with a fixed shape; for GPUs, unmeasured there yet", False)
     wandb_project: str = doc("log to this wandb project when wandb is installed ('' = off)", "")
     tensorboard: bool = doc("also write TensorBoard scalars under out/tensorboard when installed", False)
 

@@ -280,7 +280,7 @@ def _member_step(m: Member, x: torch.Tensor, scale: float, step: int, config: Tr
     loss.backward()
     fired = dist.any_across_ranks(fired_mask(output, cfg.d_sae))
     m.tokens_since_fired += config.batch_size
-    m.tokens_since_fired[fired] = 0
+    m.tokens_since_fired.masked_fill_(fired, 0)  # not [fired] = 0: a bool index syncs the GPU
     with torch.no_grad():
         normalised = ("fvu", "loss", "aux_k") if cfg.architecture in _FVU_LOSS else ("fvu",)
         for name in _METRICS:
