@@ -120,7 +120,7 @@ def world_size() -> int:
 def _all_gather(values: Tensor) -> Tensor:
     """[world * n] the 1-D `values` [n] of every rank, rank order (a functional collective: traceable)."""
     from torch.distributed import _functional_collectives as funcol
-    return funcol.all_gather_tensor(values.contiguous(), 0, dist.group.WORLD).wait()
+    return funcol.all_gather_tensor(values.contiguous(), 0, dist.group.WORLD)  # waits on first use
 
 
 def global_min(value: Tensor) -> Tensor:
@@ -128,7 +128,7 @@ def global_min(value: Tensor) -> Tensor:
     if world_size() == 1:
         return value
     from torch.distributed import _functional_collectives as funcol
-    return funcol.all_reduce(value.reshape(1), "min", dist.group.WORLD).wait().reshape(())
+    return funcol.all_reduce(value.reshape(1), "min", dist.group.WORLD).reshape(())  # waits on first use
 
 
 def select_batch_topk(k: int, oversample: int = 4, slack: float = 2.0) -> Selection:
