@@ -11,7 +11,8 @@ The active set is held in CSR form (`SparseLatents`: values, latent indices, row
 TopK (k per token), BatchTopK (a variable number per token) and a thresholded inference path share
 one pair of autograd functions:
 
-- `SparseEncode`: pre-activations, a selection function, ReLU of the selected values. Backward:
+- `SparseEncode`: ReLU of the selected pre-activations (the dense product is made without grad
+  and read by the selections of saekit/sae/selection.py, `sparse_encode_many`). Backward:
   grad W_enc = (x - b_dec)^T @ S, grad b_enc = column sums of S, grad b_dec = -W_enc @ grad b_enc,
   where S is the sparse [tokens, d_sae] matrix of the selected latents' gradients.
 - `SparseDecode`: recon = A @ W_dec with A the sparse latents. Backward: grad W_dec = A^T @ g and
@@ -19,11 +20,14 @@ one pair of autograd functions:
   dense-dense product.
 
 Two implementations of the same maths (`impl`): "csr" builds torch sparse CSR tensors (MKL on
-CPU, the fastest on our CPUs; cuSPARSE on GPU, untested here); "gather" uses embedding_bag,
-index_add_ and row gathers, works wherever torch does, and serves 16-bit floats on CPU, which MKL
-lacks. Both are gradchecked against the dense computation in tests/test_sae.py. On CPU, "csr"
-takes S @ W with embedding_bag (faster than MKL there), builds S^T itself from one stable sort
-(`_transposed_csr`) and sorts ids on one thread (`_one_thread`); see bench/train_throughput.py.
+CPU, the fastest on our CPUs; cuSPARSE on GPU); "gather" uses embedding_bag, index_add_ and row
+gathers, works wherever torch does, and serves 16-bit floats on CPU, which MKL lacks. Both are
+gradchecked against the dense computation in tests/test_sae_kernels.py, and on a CUDA device in
+tests/test_gpu.py (marked `gpu`; not yet run on one). On CPU, "csr" takes S @ W with embedding_bag
+(faster than MKL there), builds S^T itself from one stable sort (`_transposed_csr`) and sorts ids
+on one thread (`_one_thread`); see bench/train_throughput.py. The three sparse products are torch
+custom ops (`saekit::sparse_*`), so torch.compile and AOTAutograd see each as one call of known
+shape and the compiled forward and backward have no graph break (tests/test_compile.py).
 """
 
 from __future__ import annotations
