@@ -65,3 +65,13 @@ def test_compiled_steps_equal_eager_steps_in_loss_gradients_and_threshold(archit
         assert torch.allclose(a.grad, b.grad, rtol=1e-5, atol=1e-7), name
     if architecture == "batchtopk":
         assert compiled.threshold[0] > 0 and torch.allclose(compiled.threshold, eager.threshold)
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_compiled_forward_does_not_recompile_as_dead_latents_and_data_change(architecture):
+    cfg, x, dead_mask = make(architecture)
+    step = torch.compile(build_sae(cfg).train(), backend="aot_eager", fullgraph=True)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for i in range(3):
+            dead = None if dead_mask is None else torch.arange(cfg.d_sae) % (5 + 40 * i) == 0
+            step(x * (1 + i), dead_mask=dead).loss.backward()
