@@ -37,7 +37,7 @@ def producer_threads() -> list[threading.Thread]:
 def test_consecutive_batches_come_from_many_shards(tagged):
     """The first store read 4 whole shards at a time: a batch held rows of at most 4 (8 with the
     leftover) shards, and a million consecutive tokens came from the same stretch of the corpus."""
-    store = ActivationStore(tagged, "tag", batch_size=64, seed=0, buffer_shards=4, mix=16)
+    store = ActivationStore(tagged, "tag", batch_size=64, seed=0, buffer_shards=4)  # mix: 64 chunks
     shards_per_batch = [len(np.unique(ids(b) // CTX // PER_SHARD)) for b in store]
     assert np.mean(shards_per_batch) >= 12  # a window: 16 contexts from 16 random shards of 64
     measured = store.mixing(4)
@@ -45,15 +45,17 @@ def test_consecutive_batches_come_from_many_shards(tagged):
 
 
 def test_every_token_once_per_epoch_in_any_mode(tagged):
+    """With or without the producer thread, reused buffers, gather threads: the same batches."""
     everything = np.arange(N_CONTEXTS * CTX)
-    for kwargs in ({}, {"prefetch": False}, {"reuse_buffers": True, "prefetch_batches": 3}, {"mix": 1}):
+    for kwargs in ({}, {"prefetch": False}, {"reuse_buffers": True, "prefetch_batches": 3}, {"mix": 1},
+                   {"gather_threads": 3}):
         store = ActivationStore(tagged, "tag", batch_size=100, seed=2, **kwargs)
         got = np.concatenate([ids(b).copy() for b in store])
         assert np.array_equal(np.sort(got), everything), kwargs
         assert not np.array_equal(got, everything)
     same = [torch.cat([b.clone() for b in ActivationStore(tagged, "tag", batch_size=100, seed=2, **kw)])
-            for kw in ({}, {"prefetch": False}, {"reuse_buffers": True})]
-    assert torch.equal(same[0], same[1]) and torch.equal(same[0], same[2])
+            for kw in ({}, {"prefetch": False}, {"reuse_buffers": True}, {"gather_threads": 2})]
+    assert all(torch.equal(same[0], other) for other in same[1:])
 
 
 def test_resume_from_the_consumers_position_while_the_producer_runs_ahead(tagged):
@@ -73,7 +75,7 @@ def test_resume_from_the_consumers_position_while_the_producer_runs_ahead(tagged
 
 
 def test_the_producer_thread_ends_with_its_consumer(tagged):
-    store = ActivationStore(tagged, "tag", batch_size=64, seed=0, prefetch_batches=2)
+    store = ActivationStore(tagged, "tag", batch_size=64, seed=0)
     for i, _ in enumerate(store.iter_batches()):
         if i == 3:
             break
@@ -106,7 +108,8 @@ def test_a_rank_gathers_only_its_own_rows(tagged, monkeypatch):
     gathered = []
     for r in ranks:
         original = r._gatherer.gather
-        monkeypatch.setattr(r._gatherer, "gather", lambda keys, out, f=original: gathered.append(len(keys)) or f(keys, out))
+        monkeypatch.setattr(r._gatherer, "gather",
+                            lambda keys, out, f=original: gathered.append(len(keys)) or f(keys, out))
     for a, b0, b1 in zip(whole, *ranks):
         assert b0.shape == b1.shape == (64, 4)
         assert torch.equal(a, torch.cat([b0, b1]))  # the single-process batch, row for row
@@ -126,3 +129,35 @@ def test_normalisation_sample_spans_the_whole_cache(tagged):
     assert torch.equal(store.sample(512, seed=11), sample)
     assert "shard_" in store.describe_rows([0])
     assert len(ids(store.sample(10**6, seed=1))) == 240 * CTX  # capped at the store's rows
+
+
+def test_bfloat16_cache_read_as_bfloat16_and_float32(tmp_path):
+    acts = torch.randn(24, 8, 6, generator=torch.Generator().manual_seed(1))
+    write_array_cache(tmp_path / "c", {"h": acts}, contexts_per_shard=4, dtype="bfloat16")
+    want = acts.reshape(-1, 6).to(torch.bfloat16)
+    for dtype in (torch.bfloat16, torch.float32):
+        for threads in (1, 2):
+            got = torch.cat(list(ActivationStore(tmp_path / "c", "h", batch_size=40, shuffle=False, dtype=dtype,
+                                                 gather_threads=threads)))
+            assert got.dtype == dtype and torch.equal(got, want.to(dtype))
+
+
+def test_training_scales_inputs_from_a_sample_of_every_shard(tmp_path):
+    """Shard i's activations are (i + 1)^2 times larger: a sample from one shard (the first store's
+    first buffer, with buffer_shards = 1) gives an input scale far from the whole cache's."""
+    import json
+
+    from conftest import small_train_config
+    from saekit.sae.weights import estimate_activation_scale
+    from saekit.train import train
+
+    g = torch.Generator().manual_seed(0)
+    factor = ((torch.arange(32, dtype=torch.float32) // 2 + 1) ** 2)[:, None, None]  # 2 contexts a shard
+    acts = torch.randn(32, 16, 8, generator=g) * factor
+    write_array_cache(tmp_path / "c", {"h": acts}, contexts_per_shard=2)
+    cfg = small_train_config(tmp_path / "c", tmp_path / "run", n_tokens=128 * 2, batch_size=128,
+                             normalize_sample_tokens=256, holdout_fraction=0.0)
+    (folder,) = train(cfg, progress=False)
+    got = json.loads((folder / "metrics.json").read_text())["activation_scale"]
+    whole = estimate_activation_scale(acts.reshape(-1, 8))
+    assert abs(got / whole - 1) < 0.2, (got, whole)

@@ -2,9 +2,9 @@
 
 `RowGatherer.gather(keys, out)` copies rows straight from the memory-mapped shards into `out`
 (one `np.take` per shard and hook, the destination of each a contiguous block because the keys are
-sorted: one copy per byte; a cache dtype other than the store's goes through a staging buffer).
-Shards are opened on first use and stay mapped, so pages already mapped cost nothing in later
-epochs.
+sorted: one copy per byte; a cache dtype other than the store's goes through a staging buffer),
+optionally split at shard boundaries over `threads` threads. Shards are opened on first use and
+stay mapped, so pages already mapped cost nothing in later epochs (the first epoch maps them).
 
 `BufferPool` holds a ring of preallocated batch buffers (pinned when the batches go to a GPU), so
 the steady state allocates nothing; a buffer comes back to the pool once the consumer has moved on
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -46,8 +47,10 @@ class RowGatherer:
     """Copies rows named by keys (`span id << 32 | row in its shard`) out of a cache's shards."""
 
     def __init__(self, cache_dir: Path, manifest: dict[str, Any], spans: list[tuple[int, int, int]],
-                 hooks: list[str], dtype: torch.dtype) -> None:
+                 hooks: list[str], dtype: torch.dtype, threads: int = 1) -> None:
         self.cache_dir = cache_dir
+        self.threads = max(1, threads)
+        self._pool: ThreadPoolExecutor | None = None
         self.manifest = manifest
         self.spans = spans
         self.hooks = hooks
@@ -74,23 +77,38 @@ class RowGatherer:
 
         keys: [n] int64, best sorted (each shard's rows then form one block, read in file order).
         out: {hook: [>= n, d_in]} contiguous tensors of the store's dtype.
+        With `threads` > 1, the rows are split at shard boundaries into that many parts copied at once.
         """
         n = len(keys)
         span = keys >> 32
         local = keys & 0xFFFFFFFF
         cuts = np.flatnonzero(span[1:] != span[:-1]) + 1
-        starts, ends = np.concatenate([[0], cuts]), np.concatenate([cuts, [n]])
+        starts = np.concatenate([[0], cuts]).astype(np.int64)
+        staging = {h: self._staging(h, n) for h in self.hooks} if self.cache_dtype != self.dtype else {}
+        if self.threads > 1 and len(starts) > 1 and n >= 256:
+            at = np.unique(starts[np.searchsorted(starts, np.arange(1, self.threads) * n // self.threads)
+                                  .clip(0, len(starts) - 1)])
+            bounds = [0, *[int(x) for x in at if 0 < x < n], n]
+            parts = [(bounds[i], bounds[i + 1]) for i in range(len(bounds) - 1)]
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="saekit-store-gather")
+            for _ in self._pool.map(lambda part: self._copy(span, local, starts, part, out, staging), parts):
+                pass
+        else:
+            self._copy(span, local, starts, (0, n), out, staging)
+
+    def _copy(self, span: np.ndarray, local: np.ndarray, starts: np.ndarray, part: tuple[int, int],
+              out: dict[str, torch.Tensor], staging: dict[str, np.ndarray]) -> None:
+        """The rows [lo, hi) of a gather (lo, hi at shard boundaries); one np.take per shard and hook."""
+        lo, hi = part
+        edges = [lo, *[int(x) for x in starts if lo < x < hi], hi]
         for hook in self.hooks:
-            if self.cache_dtype == self.dtype:
-                dst = numpy_view(out[hook][:n])
-            else:
-                dst = self._staging(hook, n)
-            for a, b in zip(starts.tolist(), ends.tolist()):
-                if a < b:  # mode="clip": no bounds-check buffering of `out` (keys are valid by construction)
-                    src = self.shard(int(span[a]))._acts[hook]
-                    np.take(src, local[a:b], axis=0, out=dst[a:b], mode="clip")
-            if self.cache_dtype != self.dtype:
-                out[hook][:n].copy_(torch_view(dst, self.cache_dtype))
+            dst = staging[hook] if staging else numpy_view(out[hook])
+            for a, b in zip(edges[:-1], edges[1:]):
+                # mode="clip": no bounds-check buffering of `out` (keys are valid by construction)
+                np.take(self.shard(int(span[a]))._acts[hook], local[a:b], axis=0, out=dst[a:b], mode="clip")
+            if staging:
+                out[hook][lo:hi].copy_(torch_view(dst[lo:hi], self.cache_dtype))
 
     def _staging(self, hook: str, n: int) -> np.ndarray:
         """A reusable [n, d_in] array of the cache's dtype, one per thread and hook."""

@@ -49,7 +49,8 @@ class ActivationStore:
     background thread, up to `prefetch_batches` batches ahead. reuse_buffers: yield views of a ring
     of reusable buffers (no allocation per batch) that stay valid only until the next batch is asked
     for; always the case for a GPU `device` (the yielded tensors are then device copies).
-    pin_memory: page-locked ring buffers (default: when `device` is a GPU).
+    pin_memory: page-locked ring buffers (default: when `device` is a GPU). gather_threads: threads
+    copying the parts of one batch at once (more than 1 helps where cores are free, e.g. a GPU host).
     """
 
     def __init__(
@@ -73,6 +74,7 @@ class ActivationStore:
         rank: int = 0,
         world: int = 1,
         pin_memory: bool | None = None,
+        gather_threads: int = 1,
     ) -> None:
         self.cache_dir = Path(cache_dir)
         self.manifest = read_manifest(self.cache_dir)
@@ -113,7 +115,7 @@ class ActivationStore:
         self.context_range: tuple[int, int] = context_range or (0, self.manifest["n_contexts"])
         self.plan = EpochPlan(self._spans, self.ctx_len, self.drop_bos, batch_size, seed, shuffle,
                               self.buffer_shards * self.manifest["contexts_per_shard"], mix, drop_last)
-        self._gatherer = RowGatherer(self.cache_dir, self.manifest, self._spans, self.hooks, dtype)
+        self._gatherer = RowGatherer(self.cache_dir, self.manifest, self._spans, self.hooks, dtype, gather_threads)
         self._copy_stream: Any = None
         self.epoch = 0
         self.batch_in_epoch = 0

@@ -24,6 +24,7 @@ import copy
 import dataclasses
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,7 +177,8 @@ def _setup(config: TrainConfig, out: Path, rank: int, world: int, device: torch.
     n_train = manifest["n_contexts"] - int(manifest["n_contexts"] * config.holdout_fraction)
     store = ActivationStore(config.cache, hooks, batch_size=config.batch_size, seed=config.data_seed,
                             drop_bos=config.drop_bos, buffer_shards=config.buffer_shards, drop_last=True,
-                            context_range=(0, n_train), device=device, reuse_buffers=True, rank=rank, world=world)
+                            context_range=(0, n_train), device=device, reuse_buffers=True, rank=rank, world=world,
+                            gather_threads=max(1, min(4, (os.cpu_count() or 1) // (4 * world))))
     if store.batches_per_epoch == 0:
         raise CacheError(f"{config.cache}: the cache holds {store.n_tokens} tokens, fewer than one batch "
                          f"of {config.batch_size}")
