@@ -22,6 +22,7 @@ test-fast: setup
 bench: setup
 	.venv/bin/pip install -q -e ".[bench]"
 	$(PY) bench/cache_throughput.py
+	$(PY) bench/store_throughput.py
 	$(PY) bench/train_throughput.py
 
 clean:
