@@ -216,10 +216,11 @@ def unit_rows(n: int, d: int, g: torch.Generator) -> torch.Tensor:
     return rows / rows.norm(dim=1, keepdim=True)
 
 
-def planted(seed: int = 0) -> dict[str, torch.Tensor]:
+def planted(seed: int = 1234) -> dict[str, torch.Tensor]:
     """Features of decreasing frequency (p_i = 0.25 (i+1)^-0.6, ~5.7 active per token), magnitudes
     U(0.5, 1.5): x = sum a_i E_i [D_IN] + noise, y = sum a_i D_i [D_OUT] (the planted sparse map) and
-    y_lin = y + x @ M.T (a linear part a skip connection can take)."""
+    y_lin = y + x @ M.T (a linear part a skip connection can take). The seed is not an SAE's: with
+    seed 0 the features would be the rows of a seed-0 SAE's initial decoder, recovered before training."""
     g = torch.Generator().manual_seed(seed)
     E, Dout = unit_rows(N_FEATURES, D_IN, g), unit_rows(N_FEATURES, D_OUT, g)
     n = N_CONTEXTS * CTX
@@ -250,21 +251,35 @@ def config(cache, out, epochs: int, **changes) -> TrainConfig:
     return TrainConfig(**values)
 
 
+def prefix_fvu(sae, x: torch.Tensor, m: int) -> float:
+    """FVU of x [tokens, d] reconstructed from the SAE's first m latents only (inference encode)."""
+    with torch.no_grad():
+        recon = sae.encode(x)[:, :m] @ sae.W_dec[:m] + sae.b_dec
+    return float((recon - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
+
+
 @pytest.mark.slow
 def test_matryoshka_recovers_the_dictionary_with_frequent_features_in_its_first_prefix(planted_cache, tmp_path):
-    """The Matryoshka property: the 16 most frequent features are found among the first 32 latents;
-    a plain BatchTopK on the same data scatters them over its dictionary."""
+    """The Matryoshka property, one latent per planted feature: the 16 most frequent features are found
+    among the first 32 latents, which alone reconstruct far better than a plain BatchTopK's first 32
+    (whose latents hold features in no order)."""
     data, cache = planted_cache
+    x = data["x"].reshape(-1, D_IN)[:5000]
     results = {}
     for architecture in ("matryoshka_batchtopk", "batchtopk"):
-        folder, = train(config(cache, tmp_path / architecture, 20, hooks=["x"], architecture=architecture,
-                               sae={"matryoshka_prefixes": [32, 128]}), progress=False)
-        W_dec = load_sae_dir(folder).W_dec.detach()
-        results[architecture] = (mmcs(data["E"], W_dec).mean(), mmcs(data["E"][:16], W_dec[:32]).mean())
-    (overall, first_prefix), (_, batchtopk_first) = results["matryoshka_batchtopk"], results["batchtopk"]
-    assert overall >= 0.8
-    assert first_prefix >= 0.85
-    assert batchtopk_first < 0.6
+        folder, = train(config(cache, tmp_path / architecture, 15, hooks=["x"], architecture=architecture,
+                               d_sae=[N_FEATURES], sae={"matryoshka_prefixes": [32, 128]}), progress=False)
+        sae = load_sae_dir(folder).eval()
+        W_dec = sae.W_dec.detach()
+        results[architecture] = (float(mmcs(data["E"], W_dec).mean()), float(mmcs(data["E"][:16], W_dec[:32]).mean()),
+                                 prefix_fvu(sae, x, 32))
+    (overall, first_prefix, fvu_32), (batchtopk_overall, batchtopk_first, batchtopk_fvu_32) = \
+        results["matryoshka_batchtopk"], results["batchtopk"]
+    # as many latents as features (no duplicates to hide the order): measured 0.72 and 0.79 overall,
+    # 0.98 and 0.32 for the top 16 in the first 32, prefix FVU 0.59 and 0.92
+    assert overall >= 0.65 and overall > batchtopk_overall - 0.1, results
+    assert first_prefix >= 0.85 and batchtopk_first < 0.7, results
+    assert fvu_32 < batchtopk_fvu_32 - 0.1, results
 
 
 @pytest.mark.slow
@@ -272,7 +287,7 @@ def test_transcoders_recover_a_planted_sparse_map_and_the_skip_takes_the_linear_
     """Four transcoders in one pass with an SAE: x -> y and x2 -> y_lin (= y + a linear map of x),
     each with and without the skip connection."""
     data, cache = planted_cache
-    folders = train(config(cache, tmp_path / "run", 20, hooks=["x"], transcode={"x": "y", "x2": "y_lin"},
+    folders = train(config(cache, tmp_path / "run", 12, hooks=["x"], transcode={"x": "y", "x2": "y_lin"},
                            skip_connection=[False, True]), progress=False)
     names = sorted(str(f.relative_to(tmp_path / "run")) for f in folders)
     assert names == ["x/skip-transcoder-y-topk-512-k6-seed0", "x/topk-512-k6-seed0", "x/transcoder-y-topk-512-k6-seed0",
