@@ -28,6 +28,11 @@
                TopK step must compute: no step can be faster.
    - extras (`extra_tokens_per_s`): saekit_no_dead and sparsify_no_dead, the same steps with no
      dead latent (AuxK inactive), as in ../shared/ENVIRONMENT.md's table.
+   - Matryoshka BatchTopK (extras): saekit_matryoshka (the same trainer step on
+     `matryoshka_batchtopk`) and sae_lens_matryoshka (`SAETrainer._train_step` on its
+     MatryoshkaBatchTopKTrainingSAE), prefixes d_sae/16, d_sae/4, d_sae in both, the same dead
+     latents; sparsify has no Matryoshka trainer. `--skip saekit sae_lens sparsify floor train
+     --no-extras` runs these two rows only.
 
    The implementations take turns step by step, so that a noisy machine slows them alike; each
    figure is the median over `--steps` rounds after `--warmup` (sae-lens, the slowest, is timed on
@@ -98,11 +103,18 @@ def _dead_latents(d_sae: int, fraction: float, device: torch.device) -> Tensor:
     return torch.randperm(d_sae, generator=generator)[: int(round(fraction * d_sae))].to(device)
 
 
+def matryoshka_prefixes(d_sae: int) -> list[int]:
+    """The Matryoshka rows' nested prefix sizes (both libraries)."""
+    return [d_sae // 16, d_sae // 4, d_sae]
+
+
 def saekit_step(d_in: int, d_sae: int, k: int, batch: int, dead: Tensor | None, device: torch.device,
-                dtype: torch.dtype, x_scale: float = 1.0) -> Step:
+                dtype: torch.dtype, x_scale: float = 1.0, architecture: str = "topk") -> Step:
     """One iteration of saekit's trainer loop for one SAE (see saekit/train/trainer.py)."""
-    config = TrainConfig(d_sae=[d_sae], k=[k], batch_size=batch, n_tokens=10**9, device=device.type)
-    cfg = SAEConfig(architecture="topk", d_in=d_in, d_sae=d_sae, k=k, hook_name=HOOK, activation_scale=x_scale)
+    config = TrainConfig(d_sae=[d_sae], k=[k], batch_size=batch, n_tokens=10**9, device=device.type,
+                         architecture=architecture)
+    cfg = SAEConfig(architecture=architecture, d_in=d_in, d_sae=d_sae, k=k, hook_name=HOOK, activation_scale=x_scale,
+                    matryoshka_prefixes=matryoshka_prefixes(d_sae) if architecture == "matryoshka_batchtopk" else [])
     member = _member(build_sae(cfg).to(device), cfg)
     member.forward = member.sae
     optimizer = torch.optim.Adam([{"params": list(member.sae.parameters()), "lr": default_lr(d_sae)}],
@@ -126,13 +138,20 @@ def saekit_step(d_in: int, d_sae: int, k: int, batch: int, dead: Tensor | None, 
 
 
 def sae_lens_step(d_in: int, d_sae: int, k: int, batch: int, dead: Tensor | None, device: torch.device,
-                  dtype: torch.dtype) -> Step:
-    """sae-lens's own `SAETrainer._train_step` on its TopKTrainingSAE."""
+                  dtype: torch.dtype, matryoshka: bool = False) -> Step:
+    """sae-lens's own `SAETrainer._train_step` on its TopKTrainingSAE (or MatryoshkaBatchTopKTrainingSAE)."""
     from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
     from sae_lens.config import SAETrainerConfig
     from sae_lens.training.sae_trainer import SAETrainer
 
-    sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=k, device=str(device))).to(device)
+    if matryoshka:
+        from sae_lens.saes.matryoshka_batchtopk_sae import (MatryoshkaBatchTopKTrainingSAE,
+                                                            MatryoshkaBatchTopKTrainingSAEConfig)
+
+        sae = MatryoshkaBatchTopKTrainingSAE(MatryoshkaBatchTopKTrainingSAEConfig(
+            d_in=d_in, d_sae=d_sae, k=k, matryoshka_widths=matryoshka_prefixes(d_sae), device=str(device))).to(device)
+    else:
+        sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=k, device=str(device))).to(device)
     lr = default_lr(d_sae)  # lr_end as its runner config sets it (lr / 10)
     cfg = SAETrainerConfig(total_training_samples=10**9, train_batch_size_samples=batch, lr=lr, lr_end=lr / 10,
                            device=str(device), autocast=dtype != torch.float32)
@@ -224,11 +243,17 @@ def bench_steps(args: argparse.Namespace, name: str, device: torch.device, dtype
         # extras: AuxK inactive (no dead latent), as in ../shared/ENVIRONMENT.md's table
         "saekit_no_dead": lambda: saekit_step(d_in, d_sae, k, batch, None, device, dtype),
         "sparsify_no_dead": lambda: sparsify_step(d_in, d_sae, k, batch, None, device, dtype),
+        # Matryoshka BatchTopK: saekit and sae-lens (sparsify has none)
+        "saekit_matryoshka": lambda: saekit_step(d_in, d_sae, k, batch, dead, device, dtype,
+                                                 architecture="matryoshka_batchtopk"),
+        "sae_lens_matryoshka": lambda: sae_lens_step(d_in, d_sae, k, batch, dead, device, dtype, matryoshka=True),
     }
     steps: dict[str, Step] = {}
     errors: dict[str, str] = {}
     for impl, build in builders.items():
         if impl in args.skip or (impl.endswith("_no_dead") and (args.no_extras or impl[:-8] in args.skip)):
+            continue
+        if impl.endswith("_matryoshka") and args.no_matryoshka:
             continue
         try:
             steps[impl] = build()
@@ -240,7 +265,7 @@ def bench_steps(args: argparse.Namespace, name: str, device: torch.device, dtype
     stride = max(1, -(-args.steps // args.slow_steps))  # sae-lens, 4-10x slower: every stride-th round
     for i in range(args.warmup + args.steps):
         for impl, step in list(steps.items()):
-            if impl == "sae_lens" and i >= args.warmup and (i - args.warmup) % stride:
+            if impl.startswith("sae_lens") and i >= args.warmup and (i - args.warmup) % stride:
                 continue
             try:
                 _sync(device)
@@ -337,8 +362,10 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--slow-steps", type=int, default=5, help="timed sae-lens steps (spread over the rounds)")
     parser.add_argument("--dead-fraction", type=float, default=0.5, help="latents marked dead (AuxK) per step")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["saekit", "sae_lens", "sparsify", "floor", "train"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["saekit", "sae_lens", "sparsify", "floor", "train",
+                                                                  "saekit_matryoshka", "sae_lens_matryoshka"])
     parser.add_argument("--no-extras", action="store_true", help="skip the AuxK-inactive rows")
+    parser.add_argument("--no-matryoshka", action="store_true", help="skip the Matryoshka BatchTopK rows")
     parser.add_argument("--train-config", default="d512_s8192", choices=list(CONFIGS))
     parser.add_argument("--train-steps", type=int, default=16, help="steps of each train() run")
     parser.add_argument("--log-every", type=int, default=4)
@@ -379,6 +406,9 @@ def main() -> None:
                 ratios[f"{name}/saekit_over_{peer}"] = round(rows["saekit"] / rows[peer], 3)
         if "saekit_no_dead" in rows and "floor" in rows:
             ratios[f"{name}/saekit_no_dead_over_floor"] = round(rows["saekit_no_dead"] / rows["floor"], 3)
+        if "saekit_matryoshka" in rows and "sae_lens_matryoshka" in rows:
+            ratios[f"{name}/saekit_matryoshka_over_sae_lens_matryoshka"] = round(
+                rows["saekit_matryoshka"] / rows["sae_lens_matryoshka"], 3)
         if "saekit_no_dead" in rows and "sparsify_no_dead" in rows:
             ratios[f"{name}/saekit_over_sparsify_no_dead"] = round(rows["saekit_no_dead"] / rows["sparsify_no_dead"], 3)
     if trained:
@@ -397,8 +427,10 @@ def main() -> None:
     print(f"|{'-' * 36}|{'-' * 12}|{'-' * 14}|{'-' * 16}|")
     for name, rows in measured.items():
         for impl, tps in rows.items():
-            ref = rows.get("saekit_no_dead" if impl == "sparsify_no_dead" else "saekit")
-            print(_row(f"{name} {impl}", tps, ref if impl not in ("saekit", "saekit_no_dead") else None)
+            ref = rows.get({"sparsify_no_dead": "saekit_no_dead",
+                            "sae_lens_matryoshka": "saekit_matryoshka"}.get(impl, "saekit"))
+            print(_row(f"{name} {impl}", tps,
+                       ref if impl not in ("saekit", "saekit_no_dead", "saekit_matryoshka") else None)
                   + f" {matmul_fraction[name][impl]:>14.1%} |")
     if trained:
         print(f"saekit train ({trained['config']}, {trained['n_tokens']:,} tokens per run, from a cache):")

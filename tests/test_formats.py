@@ -151,7 +151,7 @@ def edit_cfg(folder, **changes) -> None:
 
 @pytest.mark.parametrize("changes,message", [
     ({"d_sae": 96}, "d_sae = 96"),
-    ({"architecture": "transcoder"}, "'architecture' is 'transcoder'"),
+    ({"architecture": "transcoder"}, "'d_out' is missing"),  # a transcoder config needs its output width
     ({"architecture": "mystery"}, "'architecture' is 'mystery'"),
     ({"d_in": None}, "'d_in' is missing"),
     ({"dtype": "float8"}, "'dtype' is 'float8'"),

@@ -97,7 +97,7 @@ def test_sparsify_hub_repo_downloads_only_the_hookpoint_then_loads_the_folder(tm
     ({"num_latents": 96}, "'num_latents' gives d_sae = 96"),
     ({"d_in": 8}, "'d_in' is 8"),
     ({"k": 500}, "'k' must be"),
-    ({"transcode": True}, "'transcode'"),
+    ({"skip_connection": True}, "'skip_connection' is true"),  # on an autoencoder (transcoders: test_arch.py)
     ({"activation": "groupmax"}, "'activation'"),
 ])
 def test_contradictory_sparsify_cfg_is_an_error_naming_the_field(tmp_path, changes, message):

@@ -27,7 +27,9 @@ def test_train_recipe_configs_parse(path):
 
     config = load_config(TrainConfig, path)
     assert config.n_tokens > 0
-    assert sae_grid(config, {h: 512 for h in config.hooks or ["blocks.3.hook_resid_post"]})
+    hooks = config.hooks or ([] if config.transcode else ["blocks.3.hook_resid_post"])
+    widths = {h: 512 for h in [*hooks, *config.transcode, *config.transcode.values()]}  # transcoders' hooks too
+    assert sae_grid(config, {h: 512 for h in hooks}, widths)
 
 
 def test_recipes_exist():

@@ -25,7 +25,7 @@ from saekit.train import trainer as trainer_module
 from saekit.train.checkpoint import load_latest_checkpoint
 from saekit.train.pause import ENV as PAUSE_ENV
 
-ARCHITECTURES = ["relu", "topk", "batchtopk", "jumprelu"]
+ARCHITECTURES = ["relu", "topk", "batchtopk", "jumprelu", "matryoshka_batchtopk"]
 BATCH, STEPS = 128, 40
 WALL_CLOCK = ("tokens_per_s",)  # fields of training_log.jsonl and metrics.json that measure time
 # Checkpoint tensors that differ between any two processes: torch seeds its global generators anew in
@@ -54,8 +54,15 @@ def config(cache: Path, out: Path, architecture: str = "topk", **changes) -> Tra
     return TrainConfig(**values)
 
 
+def toml_value(value) -> str:
+    """A TOML value: JSON's, but a dict as an inline table."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
+    return json.dumps(value)
+
+
 def command(cfg: TrainConfig, toml: Path) -> list[str]:
-    toml.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in vars(cfg).items() if v is not None and k != "sae"))
+    toml.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in vars(cfg).items() if v is not None))
     return [sys.executable, "-m", "saekit", "train", str(toml)]
 
 
@@ -221,3 +228,26 @@ def test_resuming_with_another_n_tokens_is_refused_naming_both_values(cache, tmp
         train(config(cache, tmp_path / "run", n_tokens=BATCH * 40), progress=False)
     assert json.loads((tmp_path / "run" / "train_config.json").read_text())["n_tokens"] == BATCH * 20
     assert load_latest_checkpoint(tmp_path / "run")[1]["step"] == 7
+
+
+@pytest.fixture(scope="module")
+def two_hook_cache(tmp_path_factory):
+    """The same codes read out at two hooks: x [32 dims] and y [24 dims], for transcoders x -> y."""
+    g = torch.Generator().manual_seed(1)
+    codes = torch.rand(40 * 64, 96, generator=g).pow(8)
+    x, y = codes @ torch.randn(96, 32, generator=g), codes @ torch.randn(96, 24, generator=g)
+    out = tmp_path_factory.mktemp("resume2") / "cache"
+    write_array_cache(out, {"x": x.reshape(40, 64, 32), "y": y.reshape(40, 64, 24)}, contexts_per_shard=10)
+    return out
+
+
+@pytest.mark.slow
+def test_a_killed_grid_of_an_sae_and_transcoders_writes_what_an_uninterrupted_run_writes(two_hook_cache, tmp_path):
+    """Matryoshka: an SAE on x and transcoders x -> y with and without the skip, in one pass."""
+    grid = dict(hooks=["x"], transcode={"x": "y"}, skip_connection=[False, True], sae={"matryoshka_prefixes": [8, 32]})
+    run(config(two_hook_cache, tmp_path / "reference", "matryoshka_batchtopk", **grid))
+    cfg = config(two_hook_cache, tmp_path / "killed", "matryoshka_batchtopk", **grid)
+    kill_when_paused(cfg, "step:33")
+    run(cfg)
+    assert len(list((tmp_path / "killed").rglob("cfg.json"))) == 3
+    assert_same_outputs(tmp_path / "reference", tmp_path / "killed")

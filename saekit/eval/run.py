@@ -116,6 +116,13 @@ def evaluate(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
     if "core" not in metric_names(config.metrics):
         return _extra_metrics_only(config, sae, manifest, hook, cache, device, progress)
     context_range = held_out_range(sae, manifest, config)
+    if sae.cfg.transcode:  # reads one hook, predicts another: saekit/eval/transcoder.py
+        from saekit.eval.transcoder import evaluate_transcoder
+
+        return evaluate_transcoder(config, sae, manifest, cache, context_range, device, progress,
+                                   lambda: _model_for(manifest, config, device),
+                                   lambda: _context_tokens(cache, manifest, context_range, config.ce_contexts),
+                                   _output_dir(config))
     started = time.time()
 
     store = ActivationStore(cache, hook, batch_size=config.batch_size, shuffle=False, context_range=context_range,

@@ -69,9 +69,12 @@ def edit_after(edit: Callable[[torch.Tensor], torch.Tensor], start: int) -> Call
 
 @torch.no_grad()
 def splice_losses(model: Any, sae: Any, hook_name: str, contexts: torch.Tensor, mean_activation: torch.Tensor,
-                  skip_bos: bool, batch_size: int = 16, progress: Callable[[int], None] | None = None
-                  ) -> dict[str, float]:
+                  skip_bos: bool, batch_size: int = 16, progress: Callable[[int], None] | None = None,
+                  extra_hooks: list[tuple[str, Callable[..., Any]]] | None = None) -> dict[str, float]:
     """CE and KL of the clean model and of each spliced variant over contexts [n, ctx_len] (token ids).
+
+    extra_hooks run with every spliced variant (a transcoder's capture of its input hook:
+    saekit/eval/transcoder.py).
 
     Returns ce_clean, ce_<variant>, kl_<variant> for VARIANTS, ce_loss_score, kl_div_score.
     """
@@ -104,7 +107,7 @@ def splice_losses(model: Any, sae: Any, hook_name: str, contexts: torch.Tensor, 
         ce_clean, log_p = _next_token_stats(model(tokens), tokens)
         sums["ce_clean"] += float(ce_clean.sum())
         for variant in variants:
-            logits = model.run_with_hooks(tokens, fwd_hooks=[(hook_name, replacement(variant))])
+            logits = model.run_with_hooks(tokens, fwd_hooks=[*(extra_hooks or []), (hook_name, replacement(variant))])
             ce, log_q = _next_token_stats(logits, tokens)
             del logits
             sums[f"ce_{variant}"] += float(ce.sum())

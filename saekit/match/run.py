@@ -202,7 +202,7 @@ def _sae_info(k: int, path: str, sae: SAE) -> dict[str, Any]:
     cfg = sae.cfg
     return {"index": k, "name": f"{k}:{Path(path).name}", "path": str(path), "hook_name": cfg.hook_name or None,
             "architecture": cfg.architecture, "d_in": cfg.d_in, "d_sae": cfg.d_sae,
-            "k": cfg.k if cfg.architecture in ("topk", "batchtopk") else None, "seed": cfg.seed}
+            "k": cfg.k if cfg.is_sparse else None, "seed": cfg.seed}
 
 
 def match_saes(config: MatchConfig, progress: bool = True) -> dict[str, Any]:

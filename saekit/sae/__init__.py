@@ -1,4 +1,5 @@
-"""Sparse autoencoders: ReLU-L1, TopK, BatchTopK and JumpReLU over one shared base (and Gated, for inference).
+"""Sparse autoencoders: ReLU-L1, TopK, BatchTopK, Matryoshka BatchTopK and JumpReLU over one shared base
+(and Gated, for inference); each also as a transcoder (`transcode`, optional `skip_connection`).
 
     from saekit.sae import SAEConfig, build_sae, save_sae, load_sae_dir
     sae = build_sae(SAEConfig(architecture="topk", d_in=512, d_sae=8192, k=32))
@@ -20,6 +21,7 @@ from saekit.sae.formats import export_sae, load_sae
 from saekit.sae.gated import GatedSAE
 from saekit.sae.io import load_sae_dir, save_sae
 from saekit.sae.jumprelu import JumpReLUSAE
+from saekit.sae.matryoshka import MatryoshkaBatchTopKSAE
 from saekit.sae.relu import ReLUSAE
 from saekit.sae.topk import TopKSAE
 from saekit.sae.weights import (
@@ -32,7 +34,7 @@ from saekit.sae.weights import (
 
 __all__ = [
     "SAE", "ForwardOutput", "SAEConfig", "build_sae", "save_sae", "load_sae_dir", "fired_mask",
-    "ReLUSAE", "TopKSAE", "BatchTopKSAE", "JumpReLUSAE", "GatedSAE", "load_sae", "export_sae",
+    "ReLUSAE", "TopKSAE", "BatchTopKSAE", "JumpReLUSAE", "GatedSAE", "MatryoshkaBatchTopKSAE", "load_sae", "export_sae",
     "estimate_activation_scale", "fold_normalization", "init_b_dec", "normalize_decoder_",
     "remove_parallel_decoder_grad_",
 ]

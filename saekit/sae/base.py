@@ -10,6 +10,12 @@ W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in], b_dec [d_in].
 Each architecture (relu.py, topk.py, batchtopk.py, jumprelu.py) subclasses `SAE` once and defines
 `encode` (dense latents, for inference and evaluation) and `forward` (the training pass, returning
 a `ForwardOutput` with the losses of its paper's recipe).
+
+Transcoders (`cfg.transcode`; saekit/sae/transcoder.py) are the same classes reading one activation
+x [tokens, d_in] and predicting another y [tokens, d_out]: W_dec [d_sae, d_out], b_dec [d_out], no
+input centring (pre_acts = x @ W_enc + b_enc, as in sae-lens and sparsify), and with
+`skip_connection` a linear term x @ W_skip.T (W_skip [d_out, d_in]). `reconstruct(x)` is the
+output either way; `forward(x, dead_mask, target=y)` trains on the target.
 """
 
 from __future__ import annotations
@@ -64,18 +70,40 @@ class SAE(nn.Module):
         generator = torch.Generator().manual_seed(cfg.seed)
         # Decoder rows: random unit directions; encoder: their transpose (Gao et al. 2024).
         init_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-        W_dec = torch.randn(cfg.d_sae, cfg.d_in, generator=generator, dtype=init_dtype)
+        d_out = cfg.resolved_d_out
+        W_dec = torch.randn(cfg.d_sae, d_out, generator=generator, dtype=init_dtype)
         W_dec /= W_dec.norm(dim=1, keepdim=True)
+        W_enc = W_dec  # an autoencoder's encoder starts as its decoder's transpose; a transcoder's apart
+        if cfg.transcode:
+            W_enc = torch.randn(cfg.d_sae, cfg.d_in, generator=generator, dtype=init_dtype)
+            W_enc /= W_enc.norm(dim=1, keepdim=True)
         # W_enc [d_in, d_sae] is stored as the transpose of a contiguous [d_sae, d_in] tensor: each
         # latent's encoder weights are contiguous, the layout the sparse backward writes its gradient in.
-        self.W_enc = nn.Parameter(W_dec.to(dtype, copy=True).t())  # a copy: untied from W_dec
+        self.W_enc = nn.Parameter(W_enc.to(dtype, copy=True).t())  # a copy: untied from W_dec
         self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae, dtype=dtype))
         self.W_dec = nn.Parameter(W_dec.to(dtype))
-        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in, dtype=dtype))
+        self.b_dec = nn.Parameter(torch.zeros(d_out, dtype=dtype))
+        if cfg.skip_connection:
+            self.W_skip = nn.Parameter(torch.zeros(d_out, cfg.d_in, dtype=dtype))
+
+    @property
+    def input_bias(self) -> Tensor:
+        """[d_in] what the encoder subtracts from its input: b_dec for an autoencoder, zeros for a transcoder."""
+        return self.W_enc.new_zeros(self.cfg.d_in) if self.cfg.transcode else self.b_dec
+
+    def skip(self, x: Tensor) -> Tensor | None:
+        """[..., d_out] the skip term x @ W_skip.T of a skip transcoder, else None."""
+        return x @ self.W_skip.t() if self.cfg.skip_connection else None
+
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """[..., d_out] the output for x [..., d_in]: decode(encode(x)), plus the skip term if any."""
+        out = self.decode(self.encode(x))
+        skip = self.skip(x.to(out.dtype))
+        return out if skip is None else out + skip
 
     def pre_acts(self, x: Tensor) -> Tensor:
         """[tokens, d_sae] = (x - b_dec) @ W_enc + b_enc for x [tokens, d_in]."""
-        return torch.addmm(self.b_enc, x - self.b_dec, self.W_enc)
+        return torch.addmm(self.b_enc, x - self.input_bias, self.W_enc)
 
     def encode(self, x: Tensor) -> Tensor:
         """Dense latents [..., d_sae] of activations x [..., d_in] (inference path)."""
@@ -85,8 +113,9 @@ class SAE(nn.Module):
         """Reconstruction [..., d_in] = latents [..., d_sae] @ W_dec + b_dec."""
         return latents @ self.W_dec + self.b_dec
 
-    def forward(self, x: Tensor, dead_mask: Tensor | None = None) -> ForwardOutput:
-        """Training pass on x [tokens, d_in]; dead_mask [d_sae] bool marks dead latents (AuxK)."""
+    def forward(self, x: Tensor, dead_mask: Tensor | None = None, target: Tensor | None = None) -> ForwardOutput:
+        """Training pass on x [tokens, d_in]; dead_mask [d_sae] bool marks dead latents (AuxK); target
+        [tokens, d_out] what a transcoder predicts (None: x itself)."""
         raise NotImplementedError
 
     def check_input(self, x: Tensor) -> Tensor:
@@ -97,17 +126,39 @@ class SAE(nn.Module):
 
     def inference_tensors(self) -> dict[str, Tensor]:
         """The tensors a saved SAE holds, by SAELens name (threshold added by jumprelu/batchtopk)."""
-        return {"W_enc": self.W_enc.detach(), "b_enc": self.b_enc.detach(),
-                "W_dec": self.W_dec.detach(), "b_dec": self.b_dec.detach()}
+        out = {"W_enc": self.W_enc.detach(), "b_enc": self.b_enc.detach(),
+               "W_dec": self.W_dec.detach(), "b_dec": self.b_dec.detach()}
+        if self.cfg.skip_connection:
+            out["W_skip"] = self.W_skip.detach()
+        return out
 
     @torch.no_grad()
     def load_inference_tensors(self, tensors: dict[str, Tensor]) -> None:
         """Copy tensors named as in `inference_tensors` into this SAE's parameters."""
-        for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+        for name in ("W_enc", "b_enc", "W_dec", "b_dec") + (("W_skip",) if self.cfg.skip_connection else ()):
             getattr(self, name).copy_(tensors[name])
 
+    def prediction_target(self, x: Tensor, target: Tensor | None) -> Tensor:
+        """What the training loss compares the output with: target [tokens, d_out] for a transcoder
+        (required), x for an autoencoder (a target is refused)."""
+        if not self.cfg.transcode:
+            if target is not None:
+                raise ValueError("a target was given to an autoencoder (SAEConfig.transcode is false)")
+            return x
+        if target is None:
+            raise ValueError(f"a transcoder ({self.cfg.hook_name} -> {self.cfg.hook_name_out}) needs target=")
+        if target.shape[-1] != self.cfg.resolved_d_out:
+            raise ValueError(f"transcoder target has width {target.shape[-1]} but d_out is {self.cfg.resolved_d_out}")
+        return target.reshape(-1, self.cfg.resolved_d_out)
+
+    def with_skip(self, recon: Tensor, x: Tensor) -> Tensor:
+        """recon plus the skip term of x (skip transcoders), else recon."""
+        skip = self.skip(x)
+        return recon if skip is None else recon + skip
+
     def extra_repr(self) -> str:
-        return f"architecture={self.cfg.architecture}, d_in={self.cfg.d_in}, d_sae={self.cfg.d_sae}"
+        out = f"architecture={self.cfg.architecture}, d_in={self.cfg.d_in}, d_sae={self.cfg.d_sae}"
+        return out + (f", d_out={self.cfg.resolved_d_out}, skip={self.cfg.skip_connection}" if self.cfg.transcode else "")
 
 
 def reconstruction_losses(x: Tensor, recon: Tensor) -> tuple[Tensor, Tensor]:

@@ -41,7 +41,7 @@ class BatchTopKSAE(SAE):
         latents = pre * (pre > self.threshold.clamp_min(0))
         return latents.reshape(*x.shape[:-1], self.cfg.d_sae)
 
-    def forward(self, x: Tensor, dead_mask: Tensor | None = None) -> ForwardOutput:
+    def forward(self, x: Tensor, dead_mask: Tensor | None = None, target: Tensor | None = None) -> ForwardOutput:
         """Batch top-k in training mode (updates the threshold), the threshold in eval mode.
 
         The latents come in CSR form (latent_acts [nnz], latent_indices [nnz], latent_offsets
@@ -49,13 +49,14 @@ class BatchTopKSAE(SAE):
         k*B (entries below the global cutoff, under torchrun, hold 0). loss = fvu + aux_coef * aux_k.
         """
         x = self.check_input(x)
+        y = self.prediction_target(x, target)
         select = select_batch_topk(self.cfg.k) if self.training else select_threshold(self.threshold)
         latents, aux_latents = encode_with_aux(self, x, select, dead_mask)
         if self.training:
             self.update_threshold(latents.values.detach())
-        recon = sparse_decode(latents, self.W_dec, self.cfg.sparse_impl) + self.b_dec
-        mse, fvu = reconstruction_losses(x, recon)
-        aux_k = auxk_loss(self, x, recon, aux_latents, dead_mask)
+        recon = self.with_skip(sparse_decode(latents, self.W_dec, self.cfg.sparse_impl) + self.b_dec, x)
+        mse, fvu = reconstruction_losses(y, recon)
+        aux_k = auxk_loss(self, y, recon, aux_latents, dead_mask)
         l0 = (latents.values.detach() > 0).sum().to(x.dtype) / x.shape[0]
         return ForwardOutput(recon, latents.values, latents.indices, mse, fvu, l0, zero(fvu), aux_k,
                              fvu + self.cfg.aux_coef * aux_k, latents.offsets)

@@ -7,6 +7,7 @@ from saekit.sae.batchtopk import BatchTopKSAE
 from saekit.sae.config import SAEConfig
 from saekit.sae.gated import GatedSAE
 from saekit.sae.jumprelu import JumpReLUSAE
+from saekit.sae.matryoshka import MatryoshkaBatchTopKSAE
 from saekit.sae.relu import ReLUSAE
 from saekit.sae.topk import TopKSAE
 
@@ -16,6 +17,7 @@ SAE_CLASSES: dict[str, type[SAE]] = {
     "batchtopk": BatchTopKSAE,
     "jumprelu": JumpReLUSAE,
     "gated": GatedSAE,
+    "matryoshka_batchtopk": MatryoshkaBatchTopKSAE,
 }
 
 

@@ -4,7 +4,9 @@ cfg.json holds SAELens's inference keys at the top level (architecture, d_in, d_
 apply_b_dec_to_input, normalize_activations, k for topk, metadata.hook_name), so that
 `sae_lens.SAE.load_from_disk` reads the folder, plus saekit's own `format_version` and the full
 `SAEConfig` under "saekit". Weights are W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in],
-b_dec [d_in] and, for jumprelu and batchtopk, threshold [d_sae].
+b_dec [d_in] and, for jumprelu, batchtopk and matryoshka_batchtopk, threshold [d_sae]. Transcoders:
+W_dec [d_sae, d_out], b_dec [d_out], W_skip [d_out, d_in] with a skip connection, and SAELens's
+transcoder architecture names (saekit/sae/transcoder.py).
 
 Saving folds the input normalization into the weights (weights.folded_tensors), so a saved SAE
 works on raw activations. `load_sae_dir` also reads SAELens folders of the standard, topk, jumprelu
@@ -26,14 +28,19 @@ from saekit.config import build_config, config_to_dict
 from saekit.sae.base import SAE
 from saekit.sae.build import build_sae
 from saekit.sae.config import SAEConfig
-from saekit.sae.weights import folded_config, folded_tensors
+from saekit.sae.weights import folded_config, folded_tensors, output_scale
 
 FORMAT_VERSION = 1
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
 # saekit architecture -> the SAELens inference architecture it is saved as.
 SAELENS_ARCHITECTURE = {"relu": "standard", "topk": "topk", "batchtopk": "jumprelu", "jumprelu": "jumprelu",
-                       "gated": "gated"}
+                       "gated": "gated", "matryoshka_batchtopk": "jumprelu"}
+# Transcoders: (saekit architecture, skip_connection) -> SAELens's; a topk transcoder has none
+# (sae-lens has no top-k transcoder class), its cfg.json says "topk_transcoder" and only saekit reads it.
+SAELENS_TRANSCODER = {("relu", False): "transcoder", ("relu", True): "skip_transcoder",
+                      **{(a, s): "jumprelu_skip_transcoder" if s else "jumprelu_transcoder"
+                         for a in ("jumprelu", "batchtopk", "matryoshka_batchtopk") for s in (False, True)}}
 FROM_SAELENS = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu", "gated": "gated"}
 
 
@@ -48,8 +55,8 @@ def save_sae(sae: SAE, path: str | Path, provenance: dict[str, Any] | None = Non
     path.mkdir(parents=True, exist_ok=True)
     cfg, tensors = sae.cfg, sae.inference_tensors()
     if cfg.normalize_activations != "none":
-        tensors = folded_tensors(tensors, cfg.activation_scale)
-        cfg = folded_config(cfg, cfg.activation_scale)
+        tensors = folded_tensors(tensors, cfg.activation_scale, output_scale(cfg))
+        cfg = folded_config(cfg, cfg.activation_scale, output_scale(cfg))
     save_file({name: t.detach().cpu().contiguous() for name, t in tensors.items()}, str(path / WEIGHTS_FILENAME))
     raw = _cfg_json(cfg)
     if provenance is not None:
@@ -58,10 +65,17 @@ def save_sae(sae: SAE, path: str | Path, provenance: dict[str, Any] | None = Non
     return path
 
 
+def saelens_architecture(cfg: SAEConfig) -> str:
+    """The SAELens architecture name a saekit SAE or transcoder is saved as."""
+    if cfg.transcode:
+        return SAELENS_TRANSCODER.get((cfg.architecture, cfg.skip_connection), f"{cfg.architecture}_transcoder")
+    return SAELENS_ARCHITECTURE[cfg.architecture]
+
+
 def _cfg_json(cfg: SAEConfig) -> dict[str, Any]:
     out: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
-        "architecture": SAELENS_ARCHITECTURE[cfg.architecture],
+        "architecture": saelens_architecture(cfg),
         "d_in": cfg.d_in,
         "d_sae": cfg.d_sae,
         "dtype": cfg.dtype,
@@ -74,6 +88,9 @@ def _cfg_json(cfg: SAEConfig) -> dict[str, Any]:
     }
     if cfg.architecture == "topk":
         out.update(k=cfg.k, rescale_acts_by_decoder_norm=False)
+    if cfg.transcode:
+        out.update(d_out=cfg.resolved_d_out, apply_b_dec_to_input=False)
+        out["metadata"]["hook_name_out"] = cfg.hook_name_out
     out["saekit"] = config_to_dict(cfg)
     return out
 
@@ -138,9 +155,11 @@ def sae_from_tensors(cfg: SAEConfig, tensors: dict[str, torch.Tensor], device: s
 
 def _check_tensors(cfg: SAEConfig, tensors: dict[str, torch.Tensor], cfg_path: Path, weights_path: Path) -> None:
     """Raise a ValueError naming the tensor and the cfg.json field when a shape is wrong."""
-    expected = {"W_enc": ("d_in", "d_sae"), "b_enc": ("d_sae",), "W_dec": ("d_sae", "d_in"), "b_dec": ("d_in",)}
-    if cfg.architecture in ("jumprelu", "batchtopk"):
+    expected = {"W_enc": ("d_in", "d_sae"), "b_enc": ("d_sae",), "W_dec": ("d_sae", "d_out"), "b_dec": ("d_out",)}
+    if cfg.architecture in ("jumprelu", "batchtopk", "matryoshka_batchtopk"):
         expected["threshold"] = ("d_sae",)
+    if cfg.skip_connection:
+        expected["W_skip"] = ("d_out", "d_in")
     if cfg.architecture == "gated":
         del expected["b_enc"]
         expected.update(b_gate=("d_sae",), r_mag=("d_sae",), b_mag=("d_sae",))
@@ -150,7 +169,7 @@ def _check_tensors(cfg: SAEConfig, tensors: dict[str, torch.Tensor], cfg_path: P
                          f"{sorted(expected)}; missing {missing}, unexpected {unexpected}")
     for name, dims in expected.items():
         shape = tuple(tensors[name].shape)
-        want = tuple(getattr(cfg, dim) for dim in dims)
+        want = tuple(cfg.resolved_d_out if dim == "d_out" else getattr(cfg, dim) for dim in dims)
         if len(shape) != len(dims):
             raise ValueError(f"{weights_path}: {name} has shape {shape}, expected {len(dims)} dims {dims}")
         for axis, (dim, size, wanted) in enumerate(zip(dims, shape, want)):

@@ -7,7 +7,8 @@ saekit's tensors. It serves SAELens folders on disk (`io.load_sae_dir`), SAE obj
 the code the offline tests exercise.
 
 Architectures (SAELens -> saekit): standard -> relu, topk -> topk, jumprelu -> jumprelu (also what
-SAELens saves its batchtopk and matryoshka-batchtopk SAEs as), gated -> gated (inference only).
+SAELens saves its batchtopk and matryoshka-batchtopk SAEs as), gated -> gated (inference only), and
+the four transcoder classes (saekit/sae/transcoder.py).
 Conventions, each mapped exactly onto saekit's `(x - b_dec) @ W_enc + b_enc`:
 
 | SAELens setting | in saekit |
@@ -41,14 +42,11 @@ from saekit.sae.base import SAE
 from saekit.sae.config import DTYPES, SAEConfig
 from saekit.sae.gated import GATED_TENSORS
 from saekit.sae.io import CFG_FILENAME, FROM_SAELENS, save_sae, sae_from_tensors
+from saekit.sae.transcoder import SAELENS_TRANSCODERS, check_saelens_export, saelens_transcoder_values
 
 # Why each SAELens architecture saekit does not load is refused.
 REFUSED_ARCHITECTURES = {
     "abstopk": "top-k by absolute value (negative latents) has no saekit class",
-    "transcoder": "a transcoder predicts another activation than it reads; saekit's SAEs reconstruct their input",
-    "skip_transcoder": "a transcoder with a skip connection is not an autoencoder",
-    "jumprelu_transcoder": "a transcoder predicts another activation than it reads",
-    "jumprelu_skip_transcoder": "a transcoder with a skip connection is not an autoencoder",
     "temporal": "a temporal SAE reads several positions at once",
     "matching_pursuit": "matching pursuit encodes iteratively, not with one encoder matrix",
 }
@@ -69,19 +67,21 @@ def convert_saelens(raw: dict[str, Any], tensors: dict[str, Tensor], source: str
     SAE's inputs were multiplied by in training (sae-lens's registry folds it itself when known).
     """
     architecture = raw.get("architecture", "standard")
-    if architecture not in FROM_SAELENS:
+    transcoder = saelens_transcoder_values(raw, architecture, source) if architecture in SAELENS_TRANSCODERS else {}
+    if architecture not in FROM_SAELENS and not transcoder:
         why = REFUSED_ARCHITECTURES.get(architecture, "unknown architecture")
         raise ValueError(f"{source}: field 'architecture' is {architecture!r} ({why}); saekit loads "
-                         f"{sorted(FROM_SAELENS)}")
-    ours = FROM_SAELENS[architecture]
+                         f"{sorted(FROM_SAELENS) + sorted(SAELENS_TRANSCODERS)}")
+    ours = transcoder.get("architecture") or FROM_SAELENS[architecture]
     for name in ("d_in", "d_sae"):
         value = raw.get(name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{source}: field {name!r} is missing or not a positive integer (got {value!r})")
-    tensors = _checked_tensors(ours, tensors, source)
+    tensors = _checked_tensors(ours, tensors, source, skip=bool(transcoder.get("skip_connection")))
     values: dict[str, Any] = {"architecture": ours, "d_in": raw["d_in"], "d_sae": raw["d_sae"],
                               "dtype": _dtype_name(raw.get("dtype", "float32"), source),
-                              "hook_name": hook_name_of(raw), "normalize_activations": "none", "b_dec_init": "zeros"}
+                              "hook_name": hook_name_of(raw), "normalize_activations": "none", "b_dec_init": "zeros",
+                              **transcoder}
     if architecture == "topk":
         if not isinstance(raw.get("k"), int) or isinstance(raw.get("k"), bool):
             raise ValueError(f"{source}: field 'k' is missing or not an integer for a topk SAE (got {raw.get('k')!r})")
@@ -100,7 +100,7 @@ def convert_saelens(raw: dict[str, Any], tensors: dict[str, Tensor], source: str
         raise ValueError(f"{source}: field 'normalize_activations' is {normalization!r}, which rescales each "
                          "token at run time and cannot be folded into fixed weights; saekit loads 'none' and "
                          "'expected_average_only_in' (with its factor)")
-    if not raw.get("apply_b_dec_to_input", True):
+    if not raw.get("apply_b_dec_to_input", True) and not transcoder:  # a transcoder centres nothing
         tensors = _fold_b_dec_into_encoder(tensors)
     if architecture == "topk" and raw.get("rescale_acts_by_decoder_norm", False):
         tensors = _fold_decoder_norm(tensors)
@@ -115,9 +115,10 @@ def hook_name_of(raw: dict[str, Any]) -> str:
     return raw.get("hook_name") or (metadata.get("hook_name") if hasattr(metadata, "get") else None) or ""
 
 
-def _checked_tensors(architecture: str, tensors: dict[str, Tensor], source: str) -> dict[str, Tensor]:
+def _checked_tensors(architecture: str, tensors: dict[str, Tensor], source: str,
+                     skip: bool = False) -> dict[str, Tensor]:
     """A copy of the state dict, with an error naming any tensor the architecture needs but lacks."""
-    needed = _TENSORS[architecture]
+    needed = _TENSORS[architecture] + (("W_skip",) if skip else ())
     missing = [name for name in needed if name not in tensors]
     if missing:
         raise ValueError(f"{source}: the weights lack {missing} needed by a {architecture} SAE "
@@ -264,6 +265,7 @@ def export_saelens(sae: SAE, out: str | Path) -> Path:
     """Write sae to folder `out` in SAELens's format, for `sae_lens.SAE.load_from_disk`: cfg.json
     with SAELens's keys only and sae_weights.safetensors (normalization folded in; batchtopk saved
     as jumprelu, as SAELens saves its own). Returns the folder."""
+    check_saelens_export(sae.cfg)
     out = save_sae(sae, out)
     cfg_path = out / CFG_FILENAME
     raw = json.loads(cfg_path.read_text())

@@ -10,8 +10,9 @@ folder of such folders named by the model module each SAE reads (`layers.6`, `la
 
 Module names map to TransformerLens hook names (`HOOKPOINT_TABLE`); the output of a decoder layer
 is the residual stream after that block in every family. Unknown names are kept as they are, with
-a warning. Transcoders (`transcode`), skip connections and `groupmax` are refused: none of them is
-an autoencoder of one activation with a top-k.
+a warning. Transcoders (`transcode`, with or without `skip_connection` and W_skip) load as saekit
+topk transcoders (saekit/sae/transcoder.py); a skip connection on an autoencoder and `groupmax` are
+refused.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from saekit.config import build_config
 from saekit.sae.base import SAE
 from saekit.sae.config import SAEConfig
 from saekit.sae.io import CFG_FILENAME
-from saekit.sae.weights import folded_tensors
+from saekit.sae.transcoder import sparsify_transcoder_fields, sparsify_transcoder_values
+from saekit.sae.weights import folded_tensors, output_scale
 
 SPARSIFY_WEIGHTS = "sae.safetensors"
 SPARSIFY_TENSORS = ("encoder.weight", "encoder.bias", "W_dec", "b_dec")
@@ -101,13 +103,12 @@ def convert_sparsify(raw: dict[str, Any], tensors: dict[str, Tensor], hookpoint:
         raise ValueError(f"{source}: field 'd_in' is missing or not a positive integer (got {d_in!r})")
     if raw.get("activation", "topk") != "topk":
         raise ValueError(f"{source}: field 'activation' is {raw['activation']!r}; saekit loads sparsify's 'topk'")
-    if raw.get("transcode", False):
-        raise ValueError(f"{source}: field 'transcode' is true: a transcoder predicts another activation than "
-                         "it reads, and saekit's SAEs reconstruct their input")
-    if raw.get("skip_connection", False) or "W_skip" in tensors:
-        raise ValueError(f"{source}: field 'skip_connection' is true (W_skip): saekit's SAEs have no skip connection")
+    transcode = bool(raw.get("transcode", False))
+    if not transcode and (raw.get("skip_connection", False) or "W_skip" in tensors):
+        raise ValueError(f"{source}: field 'skip_connection' is true (W_skip) on an autoencoder: saekit's SAEs "
+                         "have no skip connection (its transcoders do)")
     missing = [name for name in SPARSIFY_TENSORS if name not in tensors]
-    unexpected = sorted(set(tensors) - set(SPARSIFY_TENSORS))
+    unexpected = sorted(set(tensors) - set(SPARSIFY_TENSORS) - ({"W_skip"} if transcode else set()))
     if missing or unexpected:
         raise ValueError(f"{source}: a sparsify SAE holds {list(SPARSIFY_TENSORS)}; missing {missing}, "
                          f"unexpected {unexpected}")
@@ -129,6 +130,10 @@ def convert_sparsify(raw: dict[str, Any], tensors: dict[str, Tensor], hookpoint:
               "b_dec_init": "zeros"}
     ours = {"W_enc": tensors["encoder.weight"].t(), "b_enc": tensors["encoder.bias"],
             "W_dec": tensors["W_dec"], "b_dec": tensors["b_dec"]}
+    if transcode:
+        extra, skip = sparsify_transcoder_values(raw, tensors, hookpoint, d_in, source)
+        values.update(extra)
+        ours.update(skip)
     return build_config(SAEConfig, values, source=source), ours
 
 
@@ -180,17 +185,20 @@ def export_sparsify(sae: SAE, out: str | Path) -> Path:
     if cfg.architecture != "topk":
         raise ValueError(f"cannot export a {cfg.architecture} SAE to sparsify: sparsify's SparseCoder is TopK only "
                          "(export it to saelens instead)")
+    transcoder = sparsify_transcoder_fields(cfg) if cfg.transcode else {}
     tensors = sae.inference_tensors()
     if cfg.normalize_activations != "none":
-        tensors = folded_tensors(tensors, cfg.activation_scale)
+        tensors = folded_tensors(tensors, cfg.activation_scale, output_scale(cfg))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     weights = {"encoder.weight": tensors["W_enc"].t(), "encoder.bias": tensors["b_enc"],
                "W_dec": tensors["W_dec"], "b_dec": tensors["b_dec"]}
+    if cfg.skip_connection:
+        weights["W_skip"] = tensors["W_skip"]
     save_file({name: t.detach().cpu().contiguous() for name, t in weights.items()}, str(out / SPARSIFY_WEIGHTS))
     raw = {"activation": "topk", "expansion_factor": max(cfg.d_sae // cfg.d_in, 1), "normalize_decoder": True,
            "num_latents": cfg.d_sae, "k": cfg.k, "multi_topk": False, "skip_connection": False,
-           "transcode": False, "d_in": cfg.d_in, "hook_name": cfg.hook_name}
+           "transcode": False, "d_in": cfg.d_in, "hook_name": cfg.hook_name, **transcoder}
     (out / CFG_FILENAME).write_text(json.dumps(raw, indent=2) + "\n")
     return out
 

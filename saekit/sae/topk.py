@@ -33,20 +33,21 @@ class TopKSAE(SAE):
 
     def topk(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(top_acts [tokens, k], top_indices [tokens, k]) for x [tokens, d_in]; indices increase along k."""
-        return topk_encode(x, self.W_enc, self.b_enc, self.b_dec, self.cfg.k, self.cfg.sparse_impl)
+        return topk_encode(x, self.W_enc, self.b_enc, self.input_bias, self.cfg.k, self.cfg.sparse_impl)
 
     def decode_sparse(self, top_acts: Tensor, top_indices: Tensor) -> Tensor:
         """Reconstruction [tokens, d_in] from the k active latents, gathering k decoder rows per token."""
         return topk_decode(top_acts, top_indices, self.W_dec, self.cfg.sparse_impl) + self.b_dec
 
-    def forward(self, x: Tensor, dead_mask: Tensor | None = None) -> ForwardOutput:
-        """Training pass on x [tokens, d_in]; loss = fvu + aux_coef * aux_k."""
+    def forward(self, x: Tensor, dead_mask: Tensor | None = None, target: Tensor | None = None) -> ForwardOutput:
+        """Training pass on x [tokens, d_in] (a transcoder: predicting target); loss = fvu + aux_coef * aux_k."""
         x = self.check_input(x)
+        y = self.prediction_target(x, target)
         latents, aux_latents = encode_with_aux(self, x, select_topk(self.cfg.k), dead_mask)
         k = self.cfg.k
-        recon = sparse_decode(latents, self.W_dec, self.cfg.sparse_impl) + self.b_dec
-        mse, fvu = reconstruction_losses(x, recon)
-        aux_k = auxk_loss(self, x, recon, aux_latents, dead_mask)
+        recon = self.with_skip(sparse_decode(latents, self.W_dec, self.cfg.sparse_impl) + self.b_dec, x)
+        mse, fvu = reconstruction_losses(y, recon)
+        aux_k = auxk_loss(self, y, recon, aux_latents, dead_mask)
         top_acts, top_indices = latents.values.view(-1, k), latents.indices.view(-1, k)
         l0 = (top_acts.detach() > 0).sum(dim=1).to(x.dtype).mean()
         return ForwardOutput(recon, top_acts, top_indices, mse, fvu, l0, zero(fvu), aux_k,
@@ -68,7 +69,7 @@ def encode_with_aux(sae: SAE, x: Tensor, select: Selection, dead_mask: Tensor | 
     elif dead_mask is not None and bool(dead_mask.any()):
         dead = dead_mask.nonzero().squeeze(1)
         selects.append(select_topk_among(dead, min(cfg.resolved_k_aux, dead.numel())))
-    parts = sparse_encode_many(x, sae.W_enc, sae.b_enc, sae.b_dec, selects, cfg.sparse_impl)
+    parts = sparse_encode_many(x, sae.W_enc, sae.b_enc, sae.input_bias, selects, cfg.sparse_impl)
     return parts[0], (parts[1] if len(parts) > 1 else None)
 
 
@@ -77,7 +78,8 @@ def auxk_loss(sae: SAE, x: Tensor, recon: Tensor, aux_latents: SparseLatents | N
     """AuxK loss (Gao et al. 2024, appendix A.2): how well the dead latents reconstruct the residual.
 
     aux_latents are the top k_aux pre-activations among dead latents (dead_mask [d_sae] bool), from
-    `encode_with_aux`; they decode, without b_dec, to an estimate of the residual x - recon
+    `encode_with_aux`; they decode, without b_dec, to an estimate of the residual x - recon (x is
+    the target: a transcoder's output activation)
     (detached); the squared error is divided by the total variance of x, like the FVU, and scaled
     by min(n_dead / k_aux, 1). 0 when none are dead.
     """

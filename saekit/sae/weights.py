@@ -53,9 +53,13 @@ def estimate_activation_scale(sample: Tensor) -> float:
 def init_b_dec(sae: SAE, sample: Tensor) -> None:
     """Set b_dec from sample [tokens, d_in] per cfg.b_dec_init: mean, geometric_median or zeros.
 
-    The sample must be in the units the SAE trains on (already multiplied by activation_scale).
+    The sample must be in the units the SAE trains on (already multiplied by activation_scale); for a
+    transcoder it is a sample of the output hook [tokens, d_out] (b_dec lives there).
     """
-    sample = sae.check_input(sample)
+    width = sae.b_dec.shape[0]
+    if sample.shape[-1] != width:
+        raise ValueError(f"b_dec sample has width {sample.shape[-1]} but b_dec has {width}")
+    sample = sample.reshape(-1, width)
     if sae.cfg.b_dec_init == "mean":
         sae.b_dec.copy_(sample.to(torch.float64).mean(dim=0))
     elif sae.cfg.b_dec_init == "geometric_median":
@@ -81,19 +85,42 @@ def remove_parallel_decoder_grad_(sae: SAE, eps: float = 1e-12) -> None:
     sae.W_dec.grad.sub_(parallel * sae.W_dec)
 
 
-def folded_tensors(tensors: dict[str, Tensor], scale: float) -> dict[str, Tensor]:
+def folded_tensors(tensors: dict[str, Tensor], scale: float, scale_out: float | None = None) -> dict[str, Tensor]:
     """The inference tensors (by SAELens name) of an SAE trained on scale * x, rewritten to take raw x:
-    b_enc, b_dec and threshold divided by scale; W_enc and W_dec unchanged."""
-    if not math.isfinite(scale) or scale <= 0:
-        raise ValueError(f"activation scale must be finite and > 0, got {scale}")
-    return {name: value / scale if name in ("b_enc", "b_dec", "threshold") else value
-            for name, value in tensors.items()}
+    b_enc, b_dec and threshold divided by scale; W_enc and W_dec unchanged.
+
+    A transcoder trained to map s x to t y (scale s, scale_out t): latents are divided by t (b_enc
+    and threshold / t, W_enc * s / t), so the unit-norm W_dec is unchanged and a latent times its
+    decoder row is its contribution to raw y; b_dec / t and W_skip * s / t. With t = s (an SAE) this
+    is the rule above."""
+    scale_out = scale if scale_out is None else scale_out
+    for value in (scale, scale_out):
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"activation scale must be finite and > 0, got {value}")
+    ratio = scale / scale_out
+    out = {}
+    for name, value in tensors.items():
+        if name in ("b_enc", "b_dec", "threshold"):
+            value = value / scale_out
+        elif name in ("W_enc", "W_skip") and ratio != 1.0:
+            value = value * ratio
+        out[name] = value
+    return out
 
 
-def folded_config(cfg: SAEConfig, scale: float) -> SAEConfig:
-    """cfg after folding scale: normalize_activations "none", activation_scale 1, the scale recorded."""
-    return dataclasses.replace(cfg, normalize_activations="none", activation_scale=1.0,
-                               folded_activation_scale=cfg.folded_activation_scale * scale)
+def folded_config(cfg: SAEConfig, scale: float, scale_out: float | None = None) -> SAEConfig:
+    """cfg after folding scale (and a transcoder's scale_out): normalize_activations "none", scales 1,
+    the folded ones recorded."""
+    scale_out = scale if scale_out is None else scale_out
+    return dataclasses.replace(cfg, normalize_activations="none", activation_scale=1.0, activation_scale_out=1.0,
+                               folded_activation_scale=cfg.folded_activation_scale * scale,
+                               folded_activation_scale_out=cfg.folded_activation_scale_out
+                               * (scale_out if cfg.transcode else 1.0))
+
+
+def output_scale(cfg: SAEConfig) -> float:
+    """The factor a transcoder's targets are multiplied by in training; an SAE's input scale."""
+    return cfg.activation_scale_out if cfg.transcode else cfg.activation_scale
 
 
 @torch.no_grad()
@@ -104,5 +131,6 @@ def fold_normalization(sae: SAE, scale: float | None = None) -> None:
     by scale and reconstructions are in raw units; the config says normalize_activations = "none".
     """
     scale = sae.cfg.activation_scale if scale is None else scale
-    sae.load_inference_tensors(folded_tensors(sae.inference_tensors(), scale))
-    sae.cfg = folded_config(sae.cfg, scale)
+    scale_out = output_scale(sae.cfg) if sae.cfg.transcode else scale
+    sae.load_inference_tensors(folded_tensors(sae.inference_tensors(), scale, scale_out))
+    sae.cfg = folded_config(sae.cfg, scale, scale_out)

@@ -2,7 +2,9 @@
 `train_config.json` are this object.
 
 The SAEs trained in one pass are the grid hooks x d_sae x k x seeds (one architecture per run);
-`sae` holds any other `SAEConfig` field (e.g. `{l1_coef = 5.0, b_dec_init = "mean"}`).
+`sae` holds any other `SAEConfig` field (e.g. `{l1_coef = 5.0, b_dec_init = "mean"}`). Transcoders
+join the same pass: `transcode` maps input hooks to output hooks, and each pair trains
+skip_connection x d_sae x k x seeds transcoders (TopK-family architectures).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 from saekit.config import doc
 from saekit.sae import SAEConfig
+from saekit.sae.config import TOPK_LIKE
 
 
 @dataclass
@@ -22,9 +25,14 @@ class TrainConfig:
 
     cache: str = doc("activation cache directory (written by `saekit cache`)", "runs/cache")
     out: str = doc("run directory: one sub-folder per SAE, plus checkpoints", "runs/train")
-    hooks: list[str] = doc("hook points of the cache to train on (empty: every hook in the cache)",
-                           default_factory=list)
-    architecture: str = doc("relu | topk | batchtopk | jumprelu", "topk")
+    hooks: list[str] = doc("hook points of the cache to train SAEs on (empty: every hook in the cache, or "
+                           "none when transcode is set)", default_factory=list)
+    architecture: str = doc("relu | topk | batchtopk | jumprelu | matryoshka_batchtopk", "topk")
+    transcode: dict[str, str] = doc(
+        "transcoders to train: input hook -> output hook, e.g. {\"blocks.6.ln2.hook_normalized\" = "
+        "\"blocks.6.hook_mlp_out\"} (topk | batchtopk | matryoshka_batchtopk)", default_factory=dict)
+    skip_connection: list[bool] = doc("transcoders: with and/or without the linear skip term (one per value)",
+                                      default_factory=lambda: [False])
     d_sae: list[int] = doc("latent counts to train (one SAE per value)", default_factory=lambda: [4096])
     k: list[int] = doc("topk/batchtopk: k values to train (one SAE per value)", default_factory=lambda: [32])
     seeds: list[int] = doc("initialisation seeds (one SAE per seed; every SAE sees the same batches)",
@@ -63,7 +71,7 @@ class TrainConfig:
         for name in ("n_tokens", "batch_size", "log_every", "buffer_shards", "normalize_sample_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("d_sae", "k", "seeds"):
+        for name in ("d_sae", "k", "seeds", "skip_connection"):
             if not getattr(self, name):
                 raise ValueError(f"TrainConfig.{name} must list at least one value")
         if not 0 <= self.holdout_fraction < 1:
@@ -79,29 +87,49 @@ class TrainConfig:
 
 
 def sae_name(cfg: SAEConfig) -> str:
-    """The folder name of one SAE: hook point, architecture, size, k and seed."""
-    k = f"-k{cfg.k}" if cfg.architecture in ("topk", "batchtopk") else ""
-    return f"{cfg.hook_name}/{cfg.architecture}-{cfg.d_sae}{k}-seed{cfg.seed}"
+    """The folder name of one SAE: hook point, architecture, size, k and seed; a transcoder's is under its
+    input hook, named by its output hook: `<in>/[skip-]transcoder-<out>-<arch>-<d_sae>-k<k>-seed<s>`."""
+    k = f"-k{cfg.k}" if cfg.architecture in TOPK_LIKE else ""
+    kind = ""
+    if cfg.transcode:
+        kind = f"{'skip-' if cfg.skip_connection else ''}transcoder-{cfg.hook_name_out}-"
+    return f"{cfg.hook_name}/{kind}{cfg.architecture}-{cfg.d_sae}{k}-seed{cfg.seed}"
 
 
-def sae_grid(config: TrainConfig, d_ins: dict[str, int]) -> list[SAEConfig]:
-    """Every SAEConfig of the run: hooks x d_sae x k x seeds (k only varies for topk/batchtopk).
+def sae_grid(config: TrainConfig, d_ins: dict[str, int], widths: dict[str, int] | None = None) -> list[SAEConfig]:
+    """Every SAEConfig of the run: hooks x d_sae x k x seeds (k only varies for the TopK family), then
+    the transcoders: transcode pairs x skip_connection x d_sae x k x seeds. d_ins: the SAE hooks'
+    widths; widths: every hook's (for the transcoders' input and output hooks; default d_ins).
 
     Raises ValueError (before any training) for an invalid combination, e.g. k > d_sae.
     """
-    ks = config.k if config.architecture in ("topk", "batchtopk") else config.k[:1]
+    widths = d_ins if widths is None else widths
+    ks = config.k if config.architecture in TOPK_LIKE else config.k[:1]
     fields = {f.name for f in dataclasses.fields(SAEConfig)}
     unknown = sorted(set(config.sae) - fields)
     if unknown:
         raise ValueError(f"TrainConfig.sae: unknown SAEConfig field(s) {unknown}")
+    if config.transcode and config.architecture not in TOPK_LIKE:
+        raise ValueError(f"TrainConfig.transcode: saekit trains transcoders of the architectures {TOPK_LIKE}, "
+                         f"not {config.architecture!r}")
+    missing = sorted({h for pair in config.transcode.items() for h in pair} - set(widths))
+    if missing:
+        raise ValueError(f"TrainConfig.transcode names hook(s) {missing} the cache does not hold "
+                         f"(it holds {sorted(widths)})")
+    members = [(hook, None, False) for hook in d_ins]
+    members += [(hook_in, hook_out, skip) for hook_in, hook_out in config.transcode.items()
+                for skip in dict.fromkeys(config.skip_connection)]
     configs = []
-    for hook, d_sae, k, seed in itertools.product(d_ins, config.d_sae, ks, config.seeds):
-        values = {**config.sae, "architecture": config.architecture, "d_in": d_ins[hook], "d_sae": d_sae,
+    for (hook, hook_out, skip), d_sae, k, seed in itertools.product(members, config.d_sae, ks, config.seeds):
+        values = {**config.sae, "architecture": config.architecture, "d_in": widths[hook], "d_sae": d_sae,
                   "k": k, "seed": seed, "hook_name": hook}
+        if hook_out is not None:
+            values.update(transcode=True, hook_name_out=hook_out, d_out=widths[hook_out], skip_connection=skip)
         try:
             configs.append(SAEConfig(**values))
         except ValueError as e:
-            raise ValueError(f"SAE {hook} d_sae={d_sae} k={k} seed={seed}: {e}") from None
+            what = f"transcoder {hook} -> {hook_out}" if hook_out else f"SAE {hook}"
+            raise ValueError(f"{what} d_sae={d_sae} k={k} seed={seed}: {e}") from None
     names = [sae_name(c) for c in configs]
     if len(set(names)) != len(names):
         raise ValueError("TrainConfig lists the same SAE twice (repeated d_sae, k or seed)")

@@ -52,8 +52,9 @@ from saekit.train.logging import RunLogger
 # own path, not a setting: a moved folder resumes.
 _RESUMABLE_CHANGES = {"device", "log_every", "checkpoint_every", "keep_checkpoints", "wandb_project",
                       "tensorboard", "compile", "out"}
-_UNIT_NORM_DECODER = ("topk", "batchtopk", "jumprelu")
-_FVU_LOSS = ("topk", "batchtopk")  # losses divided by the batch's total variance; AuxK needs dead latents
+_UNIT_NORM_DECODER = ("topk", "batchtopk", "jumprelu", "matryoshka_batchtopk")
+# losses divided by the batch's total variance; AuxK needs dead latents
+_FVU_LOSS = ("topk", "batchtopk", "matryoshka_batchtopk")
 _METRICS = ("loss", "mse", "fvu", "l0", "l1", "aux_k")
 
 
@@ -110,8 +111,10 @@ def train(config: TrainConfig, progress: bool = True) -> list[Path]:
                 continue
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast):
                 for m in members:
-                    _member_step(m, batch[m.sae.cfg.hook_name], scales[m.sae.cfg.hook_name], step, config,
-                                 device, world)
+                    cfg = m.sae.cfg  # a transcoder also takes its output hook's rows (row-aligned in the store)
+                    target = (batch[cfg.hook_name_out], scales[cfg.hook_name_out]) if cfg.transcode else None
+                    _member_step(m, batch[cfg.hook_name], scales[cfg.hook_name], step, config, device, world,
+                                 target)
             dist.average_gradients(params)
             for m in members:
                 if m.sae.cfg.architecture in _UNIT_NORM_DECODER:
@@ -153,12 +156,13 @@ def _setup(config: TrainConfig, out: Path, rank: int, world: int, device: torch.
     from pinned buffers filled by its producer thread), each batch valid until the next is asked for.
     """
     manifest = read_manifest(config.cache)
-    hooks = config.hooks or list(manifest["hooks"])
+    sae_hooks = config.hooks or ([] if config.transcode else list(manifest["hooks"]))
+    hooks = list(dict.fromkeys([*sae_hooks, *(h for pair in config.transcode.items() for h in pair)]))
     missing = [h for h in hooks if h not in manifest["hooks"]]
     if missing:
         raise CacheError(f"{Path(config.cache) / 'manifest.json'}: no hook point {missing} in this cache "
                          f"(it holds {sorted(manifest['hooks'])})")
-    configs = sae_grid(config, {h: manifest["hooks"][h] for h in hooks})
+    configs = sae_grid(config, {h: manifest["hooks"][h] for h in sae_hooks}, manifest["hooks"])
     saved = out / "train_config.json"
     if saved.exists():
         before = json.loads(saved.read_text())
@@ -189,20 +193,28 @@ def _initialise(config: TrainConfig, configs: list[SAEConfig], device: torch.dev
                 store: ActivationStore) -> tuple[list[Member], dict[str, float]]:
     """Input scales and b_dec from a sample of rows drawn from every shard of the training range
     (its own seed: the training stream is untouched; the same on every rank); new SAEs."""
-    hooks = sorted({c.hook_name for c in configs})
+    hooks = sorted({c.hook_name for c in configs} | {c.hook_name_out for c in configs if c.transcode})
     sample = store.sample(config.normalize_sample_tokens, seed=config.data_seed + 1_000_003)
     scales = {}
     for hook in hooks:
         _check_finite(sample[hook], f"the normalisation sample of {hook}", store)
-        normalize = {c.normalize_activations for c in configs if c.hook_name == hook} != {"none"}
+        normalize = {c.normalize_activations for c in configs
+                     if hook in (c.hook_name, c.hook_name_out if c.transcode else None)} != {"none"}
         scales[hook] = estimate_activation_scale(sample[hook]) if normalize else 1.0
     members = []
     for cfg in configs:
-        cfg = dataclasses.replace(cfg, activation_scale=scales[cfg.hook_name])
+        cfg = _with_scales(cfg, scales)
         sae = build_sae(cfg)
-        init_b_dec(sae, sample[cfg.hook_name].to(sae.b_dec.dtype) * scales[cfg.hook_name])
+        out_hook = cfg.hook_name_out if cfg.transcode else cfg.hook_name  # b_dec lives in the output's space
+        init_b_dec(sae, sample[out_hook].to(sae.b_dec.dtype) * scales[out_hook])
         members.append(_member(sae.to(device), cfg))
     return members, scales
+
+
+def _with_scales(cfg: SAEConfig, scales: dict[str, float]) -> SAEConfig:
+    """cfg with its input scale and, for a transcoder, its output scale."""
+    out = {"activation_scale_out": scales[cfg.hook_name_out]} if cfg.transcode else {}
+    return dataclasses.replace(cfg, activation_scale=scales[cfg.hook_name], **out)
 
 
 def _member(sae: SAE, cfg: SAEConfig) -> Member:
@@ -217,7 +229,7 @@ def _rebuild(config: TrainConfig, configs: list[SAEConfig], device: torch.device
     scales = {h: float(s) for h, s in state["scales"].items()}
     members = []
     for cfg in configs:
-        cfg = dataclasses.replace(cfg, activation_scale=scales[cfg.hook_name])
+        cfg = _with_scales(cfg, scales)
         members.append(_member(build_sae(cfg).to(device), cfg))
     if [m.name for m in members] != state["members"]:
         raise ValueError(f"checkpoint holds SAEs {state['members']}, the config asks for {[m.name for m in members]}")
@@ -266,14 +278,19 @@ def _checkpoint(out: Path, step: int, tokens: int, members: list[Member], optimi
 
 
 def _member_step(m: Member, x: torch.Tensor, scale: float, step: int, config: TrainConfig,
-                 device: torch.device, world: int) -> None:
-    """Forward and backward of one SAE on this rank's rows x [rows, d_in] (raw units)."""
+                 device: torch.device, world: int, target: tuple[torch.Tensor, float] | None = None) -> None:
+    """Forward and backward of one SAE on this rank's rows x [rows, d_in] (raw units); a transcoder's
+    target is (rows [rows, d_out] of its output hook, that hook's scale)."""
     x = x.to(device, non_blocking=True)
     if scale != 1.0:
         x = x * scale
     cfg = m.sae.cfg
     dead = m.tokens_since_fired >= config.dead_tokens
-    output = m.forward(x, dead_mask=dead if cfg.architecture in _FVU_LOSS else None)
+    kwargs = {}
+    if target is not None:
+        y = target[0].to(device, non_blocking=True)
+        kwargs["target"] = y * target[1] if target[1] != 1.0 else y
+    output = m.forward(x, dead_mask=dead if cfg.architecture in _FVU_LOSS else None, **kwargs)
     loss = output.loss
     if cfg.architecture in ("relu", "jumprelu") and config.sparsity_warmup_fraction > 0:
         ramp = min(1.0, (step + 1) / max(1.0, config.sparsity_warmup_fraction * config.n_steps))
@@ -281,8 +298,9 @@ def _member_step(m: Member, x: torch.Tensor, scale: float, step: int, config: Tr
         loss = loss - (1.0 - ramp) * penalty
     share = None  # world x this rank's share of the global batch's total variance
     if world > 1:
-        local = (x - x.mean(dim=0)).pow(2).sum().detach()
-        share = (local / dist.global_total_variance(x.detach()).clamp_min(1e-30)) * world
+        y = kwargs.get("target", x)  # the losses are divided by the variance of what is predicted
+        local = (y - y.mean(dim=0)).pow(2).sum().detach()
+        share = (local / dist.global_total_variance(y.detach()).clamp_min(1e-30)) * world
     if share is not None and cfg.architecture in _FVU_LOSS:
         # TopK/BatchTopK losses are divided by the batch's total variance: use the global batch's.
         loss = loss * share

@@ -202,12 +202,32 @@ def logit_changes(model: Any, sae: Any, hook_name: str, tokens: torch.Tensor, la
     run as one batch of len(latents) * n_seq sequences. At a residual-stream hook the model runs to
     the hook once and the steered copies resume from there (`resume_layer`); elsewhere each copy runs
     whole with a hook. clean_mean: the unsteered mean logits [d_vocab] when already known.
+
+    A transcoder (`sae.cfg.transcode`) acts through its output hook: z is read from the input hook's
+    activation and (values[i] - z_f) * W_dec[f] is added at the output hook (hook_name is its input).
     """
     device = model.W_U.device
     tokens = tokens.to(device)
     n = len(latents)
     index = torch.as_tensor(latents, device=device)
     target = torch.as_tensor(values, device=device, dtype=sae.W_dec.dtype)
+    if clean_mean is None:
+        clean_mean = mean_logits(model, tokens, start)[0]
+    if getattr(getattr(sae, "cfg", None), "transcode", False):
+        captured: dict[str, torch.Tensor] = {}
+
+        def grab(act: torch.Tensor, hook: Any) -> torch.Tensor:
+            captured["x"] = act[:, start:]
+            return act
+
+        def steer_output(y: torch.Tensor) -> torch.Tensor:  # y [n * n_seq, pos, d_out], x alike at the input
+            x = captured["x"].reshape(n, -1, captured["x"].shape[-1]).to(sae.W_dec.dtype)
+            z_f = sae.encode(x[0])[:, index].T  # [n, n_seq * pos]
+            delta = (target[:, None] - z_f)[..., None] * sae.W_dec[index][:, None, :]
+            return (y.reshape(n, -1, y.shape[-1]).to(sae.W_dec.dtype) + delta).reshape(y.shape).to(y.dtype)
+
+        hooks = [(sae.cfg.hook_name, grab), (sae.cfg.hook_name_out, edit_after(steer_output, start))]
+        return mean_logits(model, tokens.repeat(n, 1), start, hooks, n) - clean_mean
 
     def steer(x: torch.Tensor) -> torch.Tensor:  # x [n * n_seq, pos, d_model]
         flat = x.reshape(n, -1, x.shape[-1]).to(sae.W_dec.dtype)  # [n, n_seq * pos, d]
@@ -215,8 +235,6 @@ def logit_changes(model: Any, sae: Any, hook_name: str, tokens: torch.Tensor, la
         delta = (target[:, None] - z_f)[..., None] * sae.W_dec[index][:, None, :]
         return (flat + delta).reshape(x.shape).to(x.dtype)
 
-    if clean_mean is None:
-        clean_mean = mean_logits(model, tokens, start)[0]
     layer = resume_layer(model, hook_name)
     if layer is None:
         steered = mean_logits(model, tokens.repeat(n, 1), start, [(hook_name, edit_after(steer, start))], n)

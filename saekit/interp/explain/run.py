@@ -133,9 +133,11 @@ def gather_evidence(records: LatentRecords, latents: list[int], bases: set[str],
             if config.prompt_set == "paper":  # the paper's prompt shows every token of each window
                 evidence["maxact"][f]["records"] = paper.activation_records(examples, text)
     if "vocabproj" in bases:
-        if sae.cfg.d_in != model.cfg.d_model:
-            raise ValueError(f"VocabProj projects decoder rows through the unembedding: the SAE's hook "
-                             f"{sae.cfg.hook_name!r} has width {sae.cfg.d_in}, the model's d_model is {model.cfg.d_model}")
+        out_hook, width = (sae.cfg.hook_name_out, sae.cfg.resolved_d_out) if sae.cfg.transcode else \
+            (sae.cfg.hook_name, sae.cfg.d_in)  # a transcoder's decoder writes to its output hook
+        if width != model.cfg.d_model:
+            raise ValueError(f"VocabProj projects decoder rows through the unembedding: the SAE's output hook "
+                             f"{out_hook!r} has width {width}, the model's d_model is {model.cfg.d_model}")
         evidence["vocabproj"] = {}
         for i in range(0, len(latents), 256):
             batch = latents[i:i + 256]
