@@ -13,7 +13,9 @@ Names follow SAELens/SAEBench so numbers compare across tools:
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -94,3 +96,22 @@ def log10_frequency_histogram(frequency: torch.Tensor, n_bins: int = 50) -> dict
     counts = torch.histc(logs, bins=n_bins, min=lo, max=hi)
     edges = torch.linspace(lo, hi, n_bins + 1)
     return {"edges": edges.tolist(), "counts": [int(c) for c in counts], "n_dead": int((frequency == 0).sum())}
+
+
+def run_record(cache: Any, context_range: Any, manifest: dict[str, Any], started: float, sae: Any,
+               stats: ReconstructionStats, config: Any) -> dict[str, Any]:
+    """The fields every eval.json carries besides its metrics: where the tokens came from (cache,
+    context range, dataset, model, the cache's and the SAE's training cache's digests), the seconds
+    since `started`, the latents' firing frequencies [d_sae] (read by saekit match) and the config."""
+    from saekit.config import config_to_dict
+    from saekit.data.provenance import manifest_digest
+
+    return {
+        "cache": str(cache), "context_range": list(context_range), "dataset": manifest.get("dataset", {}),
+        "model": manifest.get("model", {}), "seconds": round(time.time() - started, 2),
+        "cache_digest": manifest_digest(manifest),
+        "sae_cache_digest": (getattr(sae, "provenance", None) or {}).get("cache_digest"),
+        "frequency_histogram": log10_frequency_histogram(stats.frequency()),
+        "latent_frequency": stats.frequency().tolist(),
+        "config": config_to_dict(config),
+    }

@@ -32,7 +32,7 @@ from saekit.data.provenance import check_same_model, manifest_digest
 from saekit.data.shards import shard_path
 from saekit.files import write_json_atomic
 from saekit.eval.extra import metric_names
-from saekit.eval.metrics import ReconstructionStats, log10_frequency_histogram
+from saekit.eval.metrics import ReconstructionStats, run_record
 from saekit.eval.splice import splice_losses
 from saekit.sae import SAE
 from saekit.sae.formats import load_sae, output_dir_for
@@ -149,15 +149,7 @@ def evaluate(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
                                     skip_bos=bool(manifest.get("prepend_bos")), progress=bar.update))
         bar.close()
 
-    result.update({
-        "cache": str(cache), "context_range": list(context_range), "dataset": manifest.get("dataset", {}),
-        "model": manifest.get("model", {}), "seconds": round(time.time() - started, 2),
-        "cache_digest": manifest_digest(manifest),
-        "sae_cache_digest": (getattr(sae, "provenance", None) or {}).get("cache_digest"),
-        "frequency_histogram": log10_frequency_histogram(stats.frequency()),
-        "latent_frequency": stats.frequency().tolist(),  # [d_sae], read by saekit match
-        "config": config_to_dict(config),
-    })
+    result.update(run_record(cache, context_range, manifest, started, sae, stats, config))
     result.update(_extra_metrics(config, sae, manifest, hook, device, progress))
     if config.write:
         out = _output_dir(config)

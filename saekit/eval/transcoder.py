@@ -18,11 +18,9 @@ from typing import Any, Callable
 import torch
 from tqdm.auto import tqdm
 
-from saekit.config import config_to_dict
 from saekit.data import ActivationStore, CacheError
 from saekit.data.cache import hook_dims
-from saekit.data.provenance import manifest_digest
-from saekit.eval.metrics import ReconstructionStats, log10_frequency_histogram
+from saekit.eval.metrics import ReconstructionStats, run_record
 from saekit.eval.splice import splice_losses
 from saekit.files import write_json_atomic
 from saekit.sae import SAE
@@ -104,15 +102,7 @@ def evaluate_transcoder(config: Any, sae: SAE, manifest: dict[str, Any], cache: 
         result.update(splice_losses(model, spliced, hook_out, contexts, stats.mean_activation, skip_bos=skip_bos,
                                     progress=bar.update, extra_hooks=[(hook_in, spliced.capture_hook)]))
         bar.close()
-    result.update({
-        "cache": str(cache), "context_range": list(context_range), "dataset": manifest.get("dataset", {}),
-        "model": manifest.get("model", {}), "seconds": round(time.time() - started, 2),
-        "cache_digest": manifest_digest(manifest),
-        "sae_cache_digest": (getattr(sae, "provenance", None) or {}).get("cache_digest"),
-        "frequency_histogram": log10_frequency_histogram(stats.frequency()),
-        "latent_frequency": stats.frequency().tolist(),
-        "config": config_to_dict(config),
-    })
+    result.update(run_record(cache, context_range, manifest, started, sae, stats, config))
     if config.write:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out_dir / EVAL_FILE, result)
