@@ -14,7 +14,7 @@ from tokenizers import Tokenizer
 
 from saekit.models import (INIT_VARIANT_DOCS, INIT_VARIANTS, default_tiny_lm_dir, load_model, redrawn_parameters,
                            save_model_dir, tiny_config, train_bpe_tokenizer, train_tiny_lm, wrap_tokenizer)
-from saekit.models.load import save_state_dict
+from saekit.models.folder import save_state_dict
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 warnings.filterwarnings("ignore", category=DeprecationWarning)

@@ -76,7 +76,7 @@ def test_token_information_is_high_for_a_token_lookup_and_nil_for_noise(tmp_path
 
 def test_a_micro_run_writes_tables_figures_and_the_paper_checks(tmp_path):
     from saekit.models import load_model
-    from saekit.models.load import save_state_dict
+    from saekit.models.folder import save_state_dict
 
     root = make_local_model_dir(tmp_path)
     (root / "model" / "step0").mkdir()

@@ -127,7 +127,7 @@ def convert_gguf(path: str | Path, tl_name: str | None = None, out: str | Path |
     A folder converted earlier from the same bytes (sha256) is reused. Written to a temporary folder
     and renamed, so a killed conversion leaves nothing half-written.
     """
-    from saekit.models.load import save_model_dir
+    from saekit.models.folder import save_model_dir
 
     path = Path(path).expanduser().resolve()
     if not path.is_file():

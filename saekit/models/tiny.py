@@ -27,8 +27,9 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from saekit.corpus import STDLIB_CORPUS, iter_texts, pack_contexts, tokenize_texts
-from saekit.models.load import (CONFIG_FILE, STEP0_DIR, WEIGHTS_FILE, _build, _preserved_rng,
-                                _write_atomic, is_model_dir, save_model_dir, save_state_dict)
+from saekit.models.folder import (CONFIG_FILE, STEP0_DIR, WEIGHTS_FILE, _preserved_rng, _write_atomic, is_model_dir,
+                                  save_model_dir, save_state_dict)
+from saekit.models.load import _build
 from saekit.models.tokenizer import BOS_TOKEN_ID, train_bpe_tokenizer, wrap_tokenizer
 
 TINY_LM_DIRNAME = "tiny-lm-v1"
