@@ -77,7 +77,7 @@ def any_across_ranks(mask: torch.Tensor) -> torch.Tensor:
 
 
 def average_buffer_(tensor: torch.Tensor) -> None:
-    """Average a buffer in place across ranks (e.g. BatchTopK's inference threshold)."""
+    """Average a buffer in place across ranks."""
     if is_distributed():
         dist.all_reduce(tensor)
         tensor /= dist.get_world_size()

@@ -125,8 +125,6 @@ def train(config: TrainConfig, progress: bool = True) -> list[Path]:
             for m in members:
                 if m.sae.cfg.architecture in _UNIT_NORM_DECODER:
                     normalize_decoder_(m.sae)
-                if hasattr(m.sae, "update_threshold"):
-                    dist.average_buffer_(m.sae.threshold)
             step += 1
             tokens += config.batch_size
             window_tokens += config.batch_size
