@@ -31,9 +31,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -43,20 +43,14 @@ from torch import Tensor
 
 from saekit.sae import SAEConfig, build_sae, normalize_decoder_, remove_parallel_decoder_grad_
 
+sys.path.insert(0, str(Path(__file__).parent))
+from train_throughput import _autocast, _sync, floor_step, matmul_rate  # noqa: E402  (the same helpers)
+
 Step = Callable[[Tensor], None]
 ARCHITECTURES = ("topk", "batchtopk", "jumprelu")
 CONFIGS = {"d2304_s16384": (2304, 16384, 64, 4096), "d2304_s65536": (2304, 65536, 64, 4096)}
 TINY = {"tiny": (64, 512, 8, 256)}  # name: (d_in, d_sae, k, batch)
 LR = 1e-4
-
-
-def _autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
-    return torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def saekit_step(arch: str, d_in: int, d_sae: int, k: int, device: torch.device, dtype: torch.dtype,
@@ -117,30 +111,6 @@ def sparsify_step(arch: str, d_in: int, d_sae: int, k: int, device: torch.device
         opt.step()
         opt.zero_grad()
     return step
-
-
-def floor_step(d_in: int, d_sae: int, device: torch.device, dtype: torch.dtype) -> Step:
-    """Only the encoder's forward product: no exact step can be faster."""
-    W_enc = torch.randn(d_in, d_sae, device=device)
-
-    def step(x: Tensor) -> None:
-        with _autocast(device, dtype):
-            x @ W_enc
-    return step
-
-
-def matmul_rate(device: torch.device, dtype: torch.dtype, n: int, repeats: int = 5) -> float:
-    """FLOP/s of a square [n, n] x [n, n] product in `dtype` on `device` (the best of `repeats`)."""
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    a @ b
-    best = math.inf
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        a @ b
-        _sync(device)
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best
 
 
 def bench_config(shape: tuple[int, int, int, int], args: argparse.Namespace, device: torch.device,
