@@ -357,7 +357,9 @@ def _all_finite(batch: dict[str, torch.Tensor], store: ActivationStore, config: 
     # about 5x cheaper than isfinite(x).all() on a [4096, 512] batch
     bad = [hook for hook, x in batch.items()
            if x.numel() and not bool(torch.isfinite(torch.stack(torch.aminmax(x))).all())]
-    anywhere = bool(dist.any_across_ranks(torch.tensor([bool(bad)], device=device)).item())
+    anywhere = bool(bad)
+    if dist.is_distributed():  # one small all-reduce; a single process needs no device round trip
+        anywhere = bool(dist.any_across_ranks(torch.tensor([anywhere], device=device)).item())
     if not anywhere or config.nonfinite == "skip":
         return not anywhere
     for hook in bad:
